@@ -1,0 +1,1 @@
+"""Lightning callbacks of orthoreg-pl (referenced from configs/callbacks/*.yaml)."""

@@ -1,0 +1,143 @@
+"""The shared LightningModule of every fine-tuning mode.
+
+A mode says which parameters train (``select_trainable``) and whether it adds the penalty; this
+base keeps θ0 of the trainable parameters on the module's device (non-persistent buffers, moved
+with the module, never copied per step), computes ``CE + λ·penalty``, evaluates with torchmetrics,
+and exports the task vector θ − θ0.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import ClassVar
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.models.classifier import ImageClassifier
+from orthoreg_pl.modules.schedule import warmup_cosine
+from orthoreg_pl.penalties import ortho_penalty
+from orthoreg_pl.penalties.ortho import check_options
+
+
+class FineTuneModule(L.LightningModule):
+    mode: ClassVar[str] = "base"
+    uses_penalty: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: ImageClassifier,
+        lr: float = 1e-5,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        warmup_steps: int = 500,
+        lam: float = 0.0,
+        norm: str = "fro",
+        gram: str = "min_side",
+        sum_accumulated_loss: bool = False,
+    ) -> None:
+        super().__init__()
+        if lam < 0:
+            raise OrthoRegError(f"ortho.lam={lam} is negative; the penalty weight λ must be >= 0")
+        if lam > 0 and not self.uses_penalty:
+            raise OrthoRegError(
+                f"mode={self.mode} adds no penalty but ortho.lam={lam}; use mode={self.mode}_ortho or ortho.lam=0"
+            )
+        check_options(norm, gram)
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.select_trainable()
+        self.trainable_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        if not self.trainable_names:
+            raise OrthoRegError(f"mode={self.mode} selected no trainable parameters")
+        self._theta0_buffers = {name: f"theta0_{i}" for i, name in enumerate(self.trainable_names)}
+        for name, buffer in self._theta0_buffers.items():
+            self.register_buffer(buffer, self.model.get_parameter(name).detach().clone(), persistent=False)
+        self._last_penalty: Tensor | None = None
+        self.penalized_names = [n for n in self.trainable_names if self.model.get_parameter(n).ndim == 2]
+        num_classes = model.head.weight.shape[0]
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    # ---- what a mode decides ------------------------------------------------------------------------
+
+    def select_trainable(self) -> None:
+        """Set ``requires_grad`` on the parameters this mode trains (default: the whole image tower)."""
+        self.model.requires_grad_(True)
+
+    # ---- θ0, ΔW and the penalty ---------------------------------------------------------------------
+
+    def theta0(self, name: str) -> Tensor:
+        return getattr(self, self._theta0_buffers[name])
+
+    def deltas(self, names: list[str]) -> list[Tensor]:
+        return [self.model.get_parameter(n) - self.theta0(n) for n in names]
+
+    def penalty(self) -> Tensor:
+        """OrthoReg penalty of the current ΔW, in fp32 even under mixed precision."""
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            deltas = [d.float() for d in self.deltas(self.penalized_names)]
+            return ortho_penalty(deltas, norm=self.hparams.norm, gram=self.hparams.gram)
+
+    @torch.no_grad()
+    def task_vector(self) -> dict[str, Tensor]:
+        """θ − θ0 of every trainable parameter, under image-tower names, on the CPU."""
+        return {n: d.detach().cpu().contiguous() for n, d in zip(self.trainable_names, self.deltas(self.trainable_names))}
+
+    # ---- Lightning hooks ----------------------------------------------------------------------------
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        loss_ce = F.cross_entropy(self(images), labels)
+        loss = loss_ce
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        if self.uses_penalty and batch_idx % accumulate == 0:
+            # The weights do not change between micro-batches, so the penalty is computed once per
+            # optimizer step; Lightning divides each micro-batch loss by `accumulate`, hence the factor.
+            lam = self.hparams.lam
+            penalty = self.penalty() if lam > 0 else self.penalty().detach()
+            loss = loss + (lam * accumulate) * penalty
+            self._last_penalty = penalty.detach()
+            self.log("train/penalty", self._last_penalty)
+        total = loss_ce.detach()
+        if self._last_penalty is not None:
+            total = total + self.hparams.lam * self._last_penalty
+        self.log("train/loss", total, prog_bar=True)
+        self.log("train/loss_ce", loss_ce.detach())
+        return loss * accumulate if self.hparams.sum_accumulated_loss else loss
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], metric: MulticlassAccuracy, stage: str) -> None:
+        images, labels = batch
+        logits = self(images)
+        metric.update(logits, labels)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), sync_dist=True)
+        self.log(f"{stage}/acc", metric, prog_bar=True)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_acc, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_acc, "test")
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+            eps=self.hparams.eps,
+            weight_decay=self.hparams.weight_decay,
+        )
+        schedule = functools.partial(
+            warmup_cosine, warmup_steps=self.hparams.warmup_steps, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,12 @@
+"""OrthoReg penalties: pure functions over lists of weight updates ΔW."""
+
+from orthoreg_pl.penalties.ortho import (
+    GRAMS,
+    NORMS,
+    gram_size,
+    ortho_penalty,
+    ortho_penalty_reference,
+    penalty_at_zero,
+)
+
+__all__ = ["GRAMS", "NORMS", "gram_size", "ortho_penalty", "ortho_penalty_reference", "penalty_at_zero"]
