@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +21,9 @@ from orthoreg_pl.run_folder import CHECKPOINT_FILE, check_not_finished, write_ru
 from orthoreg_pl.utils.io import write_json
 
 log = logging.getLogger(__name__)
+# The run folder holds zeroshot.json before the first checkpoint; Lightning's notice about it is noise.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 ZEROSHOT_FILE = "zeroshot.json"
 
 

@@ -1,0 +1,38 @@
+# orthoreg-pl: `make quickstart` (set up + run the CPU demo) and `make test` (set up + run the tests).
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup quickstart test lint bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; pip takes torch from the local wheel cache when it can.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(PY) -c "import orthoreg_pl, callbacks, torch, lightning, open_clip, hydra"
+	touch $(STAMP)
+
+QUICKSTART_TASKS := digits,shapes,colors,patterns
+
+quickstart: setup
+	rm -rf runs/quickstart
+	$(PY) train.py -m experiment=quickstart dataset=$(QUICKSTART_TASKS) mode=standard,standard_ortho
+	$(PY) -m orthoreg_pl.report runs/quickstart
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) benchmarks/penalty.py
+
+clean:
+	rm -rf runs/quickstart .cache .pytest_cache

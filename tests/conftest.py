@@ -1,0 +1,86 @@
+"""Shared fixtures: one quickstart data/head cache per session, Hydra composition, tiny models.
+
+Nothing here downloads: the only model is the random-init ``orthoreg-tiny-vit`` and the only data
+are the quickstart tasks generated offline into a temporary cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+TINY = "orthoreg-tiny-vit"
+
+# Keep the suite small and reproducible on a 2-core CPU machine.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache (quickstart arrays, zero-shot heads) for the whole session: each task is made once."""
+    return tmp_path_factory.mktemp("orthoreg_cache")
+
+
+@pytest.fixture(scope="session")
+def missing_data_root(tmp_path_factory) -> Path:
+    """A data root that does not exist (quickstart tasks must not need one)."""
+    return tmp_path_factory.mktemp("roots") / "no_such_data_root"
+
+
+def compose_config(overrides: Iterable[str], *, keep_hydra: bool = False) -> DictConfig:
+    """Compose the real ``configs/train.yaml`` as ``train.py`` would, with ``${hydra:...}`` resolvable.
+
+    The hydra node is dropped unless ``keep_hydra`` (``@hydra.main`` hands ``train`` a config without it).
+    """
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="test"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    if not keep_hydra:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def path_overrides(tmp: Path, cache: Path, output_dir: Path | None = None) -> list[str]:
+    """Point every path of the config into temporary folders (never the project's runs/ or .cache/)."""
+    out = [
+        f"paths.root_dir={PROJECT_ROOT}",
+        f"paths.runs_dir={tmp / 'runs'}",
+        f"paths.cache_dir={cache}",
+        f"paths.data_root={tmp / 'data'}",
+    ]
+    if output_dir is not None:
+        out.append(f"paths.output_dir={output_dir}")
+    return out
+
+
+@pytest.fixture
+def compose_cfg():
+    return compose_config
+
+
+def make_classifier(init_seed: int = 0, num_classes: int = 5, head_seed: int = 123):
+    """A tiny ImageClassifier with a fixed random head (no text tower, no cache needed)."""
+    from orthoreg_pl.models import ImageClassifier, create_clip
+
+    clip = create_clip(TINY, None, init_seed=init_seed)
+    head = torch.randn(num_classes, 32, generator=torch.Generator().manual_seed(head_seed))
+    return ImageClassifier(clip.visual, head)
+
+
+def fixed_batches(num_batches: int = 1, batch_size: int = 4, num_classes: int = 5, seed: int = 7):
+    """A TensorDataset of ``num_batches * batch_size`` fixed images/labels for the tiny model."""
+    g = torch.Generator().manual_seed(seed)
+    n = num_batches * batch_size
+    images = torch.randn(n, 3, 32, 32, generator=g)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    return torch.utils.data.TensorDataset(images, labels)
