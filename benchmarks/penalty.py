@@ -22,7 +22,9 @@ from orthoreg_pl.penalties import ortho_penalty
 from orthoreg_pl.penalties.ortho import uses_row_gram
 
 
-def vit_weights(arch: str, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+def vit_weights(
+    arch: str, device: torch.device
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """(W on device with grad, W0 on device, W0 on the CPU) for every 2-D weight of the image tower."""
     torch.manual_seed(0)
     visual = open_clip.create_model(arch).visual
@@ -59,12 +61,16 @@ def sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--norm", default="fro", choices=["fro", "fro_squared"])
     parser.add_argument("--gram", default="min_side", choices=["min_side", "columns"])
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 5 on CPU, 30 on GPU)")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="timed repetitions (default: 5 on CPU, 30 on GPU)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     reps = args.reps or (30 if device.type == "cuda" else 5)
@@ -80,7 +86,11 @@ def main() -> None:
 
     (v_ours, g_ours), (v_plain, g_plain) = run_penalty(ours), run_penalty(plain)  # also warm-up
     floor(deltas, args.gram)
-    tasks = {"ours": lambda: run_penalty(ours), "plain": lambda: run_penalty(plain), "floor": lambda: floor(deltas, args.gram)}
+    tasks = {
+        "ours": lambda: run_penalty(ours),
+        "plain": lambda: run_penalty(plain),
+        "floor": lambda: floor(deltas, args.gram),
+    }
     times: dict[str, list[float]] = {k: [] for k in tasks}
     for _ in range(reps):
         for name, task in tasks.items():
@@ -94,13 +104,17 @@ def main() -> None:
     grad_diff = max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(g_ours, g_plain))
 
     n = len(weights)
-    print(f"OrthoReg penalty, {args.arch} image tower ({n} matrices), norm={args.norm}, gram={args.gram}, device={device}, {reps} reps")
+    print(
+        f"OrthoReg penalty, {args.arch} image tower ({n} matrices), norm={args.norm}, gram={args.gram}, device={device}, {reps} reps"
+    )
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     for name in tasks:
         print(f"  {name:6s} median {1e3 * med[name]:9.2f} ms   (min {1e3 * min(times[name]):9.2f} ms)")
     print(f"  plain / ours  = {med['plain'] / med['ours']:.2f}x   (target >= 3x)")
     print(f"  ours  / floor = {med['ours'] / med['floor']:.2f}x   (target <= 1.3x)")
-    print(f"  value: ours {v_ours.item():.6f}  plain {v_plain.item():.6f}  max rel diff {value_diff:.2e}  (target <= 1e-5)")
+    print(
+        f"  value: ours {v_ours.item():.6f}  plain {v_plain.item():.6f}  max rel diff {value_diff:.2e}  (target <= 1e-5)"
+    )
     print(f"  gradient max rel diff {grad_diff:.2e}")
 
 

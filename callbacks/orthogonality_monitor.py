@@ -19,7 +19,9 @@ class OrthogonalityMonitor(L.Callback):
         self.every_n_steps = every_n_steps
 
     @torch.no_grad()
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
         if not isinstance(pl_module, FineTuneModule) or trainer.global_step % self.every_n_steps != 0:
             return
         deltas = [d.float() for d in pl_module.deltas(pl_module.trainable_names)]

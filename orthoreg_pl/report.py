@@ -23,21 +23,32 @@ def _pct(value: float | None) -> str:
 
 
 def single_task_table(metas: list[dict]) -> Table:
-    table = Table(title="Single-task top-1 accuracy (%): zero-shot θ0 vs fine-tuned", caption="ZS = zero-shot, FT = fine-tuned")
+    table = Table(
+        title="Single-task top-1 accuracy (%): zero-shot θ0 vs fine-tuned",
+        caption="ZS = zero-shot, FT = fine-tuned",
+    )
     for column in ("task", "mode", "λ", "ZS val", "ZS test", "FT val", "FT test", "steps"):
         table.add_column(column, justify="left" if column in ("task", "mode") else "right")
     for m in metas:
         zs, ft = m["accuracy"]["zeroshot"] or {}, m["accuracy"]["finetuned"]
         table.add_row(
-            m["task"], m["mode"], f"{m['ortho']['lam']:g}", _pct(zs.get("val")), _pct(zs.get("test")),
-            _pct(ft["val"]), _pct(ft["test"]), str(m["steps"]),
+            m["task"],
+            m["mode"],
+            f"{m['ortho']['lam']:g}",
+            _pct(zs.get("val")),
+            _pct(zs.get("test")),
+            _pct(ft["val"]),
+            _pct(ft["test"]),
+            str(m["steps"]),
         )
     return table
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("runs_dir", type=Path, help="folder searched recursively for finished runs (meta.json)")
+    parser.add_argument(
+        "runs_dir", type=Path, help="folder searched recursively for finished runs (meta.json)"
+    )
     args = parser.parse_args(argv)
     metas = collect_runs(args.runs_dir)
     if not metas:

@@ -23,7 +23,16 @@ META_FILE = "meta.json"
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "last.ckpt"
 META_SCHEMA_VERSION = 1
-_PACKAGES = ("orthoreg-pl", "torch", "torchvision", "lightning", "open_clip_torch", "torchmetrics", "hydra-core", "safetensors")
+_PACKAGES = (
+    "orthoreg-pl",
+    "torch",
+    "torchvision",
+    "lightning",
+    "open_clip_torch",
+    "torchmetrics",
+    "hydra-core",
+    "safetensors",
+)
 
 
 def check_not_finished(run_dir: str | Path) -> None:
@@ -49,18 +58,28 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     """HEAD of the code's repository, suffixed ``-dirty`` when it has uncommitted changes; None outside git."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
-def write_run_folder(run_dir: str | Path, task_vector: dict[str, Tensor], meta: dict, config_yaml: str) -> None:
+def write_run_folder(
+    run_dir: str | Path, task_vector: dict[str, Tensor], meta: dict, config_yaml: str
+) -> None:
     """Write config, task vector, then meta.json (each atomically; meta last marks the run finished)."""
     run_dir = Path(run_dir)
     write_text(run_dir / CONFIG_FILE, config_yaml)
-    save_task_vector(run_dir / TASK_VECTOR_FILE, task_vector, metadata={k: meta[k] for k in ("arch", "pretrained", "mode", "task")})
+    save_task_vector(
+        run_dir / TASK_VECTOR_FILE,
+        task_vector,
+        metadata={k: meta[k] for k in ("arch", "pretrained", "mode", "task")},
+    )
     meta = {
         "schema_version": META_SCHEMA_VERSION,
         **meta,

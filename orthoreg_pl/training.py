@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from orthoreg_pl.data import TaskDataModule
@@ -34,7 +35,7 @@ def effective_lambda(cfg: DictConfig) -> float:
         raise OrthoRegError(f"ortho.lam={lam} is negative; the penalty weight λ must be >= 0")
     if not cfg.mode.penalized:
         if lam > 0:
-            log.warning("mode=%s adds no penalty: ortho.lam=%s is ignored", cfg.mode.name, lam)
+            log.info("mode=%s adds no penalty: ortho.lam=%s is ignored", cfg.mode.name, lam)
         return 0.0
     return lam
 
@@ -65,10 +66,16 @@ def train(cfg: DictConfig) -> dict:
     )
     datamodule.preprocess = preprocess_config(model)
     module: FineTuneModule = instantiate(cfg.mode.module)(
-        model=model, lam=lam, norm=cfg.ortho.norm, gram=cfg.ortho.gram, **cfg.optim
+        model=model,
+        lam=lam,
+        norm=cfg.ortho.norm,
+        gram=cfg.ortho.gram,
+        **OmegaConf.to_container(cfg.optim, resolve=True),
     )
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]  # null disables one
+    if not loggers:  # nothing to log learning rates to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
 
     checkpoint = run_dir / CHECKPOINT_FILE
@@ -94,13 +101,22 @@ def train(cfg: DictConfig) -> dict:
         "task_vector_space": "weight",
         "arch": cfg.model.arch,
         "pretrained": pretrained_identity(cfg.model.pretrained, cfg.model.init_seed),
-        "ortho": {"lam": lam, "norm": cfg.ortho.norm, "gram": cfg.ortho.gram, "num_matrices": len(module.penalized_names)},
+        "ortho": {
+            "lam": lam,
+            "norm": cfg.ortho.norm,
+            "gram": cfg.ortho.gram,
+            "num_matrices": len(module.penalized_names),
+        },
         "split_checksum": datamodule.checksum,
         "seed": int(cfg.seed),
+        "precision": str(trainer.precision),
         "steps": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
         "accuracy": {"zeroshot": zeroshot, "finetuned": finetuned},
-        "task_vector": {"tensors": len(task_vector), "parameters": sum(t.numel() for t in task_vector.values())},
+        "task_vector": {
+            "tensors": len(task_vector),
+            "parameters": sum(t.numel() for t in task_vector.values()),
+        },
     }
     if trainer.is_global_zero:
         write_run_folder(run_dir, task_vector, meta, OmegaConf.to_yaml(cfg, resolve=True))

@@ -84,3 +84,9 @@ def fixed_batches(num_batches: int = 1, batch_size: int = 4, num_classes: int = 
     images = torch.randn(n, 3, 32, 32, generator=g)
     labels = torch.randint(0, num_classes, (n,), generator=g)
     return torch.utils.data.TensorDataset(images, labels)
+
+
+def pytest_configure(config):
+    # Lightning's own deprecation notice about torch's pytree API: noise, not about this project.
+    config.addinivalue_line("filterwarnings", "ignore:.*LeafSpec.*:DeprecationWarning")
+    config.addinivalue_line("filterwarnings", "ignore:.*LeafSpec.*:FutureWarning")

@@ -88,7 +88,10 @@ def test_quickstart_runs_dir_default(tmp_path):
         ["experiment=quickstart", "mode=standard_ortho", f"paths.root_dir={tmp_path}"], keep_hydra=True
     )
     assert cfg.paths.runs_dir == f"{tmp_path}/runs/quickstart"
-    assert cfg.hydra.run.dir == f"{tmp_path}/runs/quickstart/orthoreg-tiny-vit/standard_ortho_lam0.1/Digits/seed0"
+    assert (
+        cfg.hydra.run.dir
+        == f"{tmp_path}/runs/quickstart/orthoreg-tiny-vit/standard_ortho_lam0.1/Digits/seed0"
+    )
 
 
 def test_standard_ortho_recipe_defaults(paths):

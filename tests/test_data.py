@@ -18,6 +18,7 @@ from orthoreg_pl.data import (
     QUICKSTART_TASKS,
     TaskDataModule,
     carve_validation,
+    clip_transforms,
     load_task,
     split_checksum,
 )
@@ -108,8 +109,13 @@ def test_digits_are_sklearn_digits(cache_dir, missing_data_root):
 
 def make_datamodule(cache_dir, data_root, preprocess, batch_size=16) -> TaskDataModule:
     return TaskDataModule(
-        task="Digits", data_root=data_root, cache_dir=cache_dir, batch_size=batch_size,
-        eval_batch_size=32, num_workers=0, preprocess=preprocess,
+        task="Digits",
+        data_root=data_root,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        eval_batch_size=32,
+        num_workers=0,
+        preprocess=preprocess,
     )
 
 
@@ -158,6 +164,29 @@ def test_train_sampler_reshuffles_every_epoch(cache_dir, missing_data_root, tiny
     torch.manual_seed(0)
     labels = torch.cat([y for _, y in loader])
     assert labels.tolist() != [subset[i][1] for i in range(len(subset))]  # shuffled, not pool order
+
+
+def test_transforms_follow_the_recipe():
+    """method.md §4: train = RandomResizedCrop(scale 0.9–1.0, bicubic) + CLIP normalisation, nothing else
+    random; eval = Resize(bicubic) + CenterCrop."""
+    from torchvision import transforms as T
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    train_tf, eval_tf = clip_transforms({"size": (224, 224), "mean": mean, "std": std})
+    crops = [t for t in train_tf.transforms if isinstance(t, T.RandomResizedCrop)]
+    assert len(crops) == 1 and crops[0].size == (224, 224) and crops[0].scale == (0.9, 1.0)
+    assert crops[0].interpolation == T.InterpolationMode.BICUBIC
+    random_ops = (T.ColorJitter, T.RandomGrayscale, T.RandomHorizontalFlip, T.RandomErasing, T.RandomApply)
+    assert not any(isinstance(t, random_ops) for t in train_tf.transforms)
+    kinds = [type(t) for t in eval_tf.transforms]
+    assert kinds.index(T.Resize) < kinds.index(T.CenterCrop)
+    resize = next(t for t in eval_tf.transforms if isinstance(t, T.Resize))
+    assert resize.interpolation == T.InterpolationMode.BICUBIC
+    for tf in (train_tf, eval_tf):
+        (norm,) = [t for t in tf.transforms if isinstance(t, T.Normalize)]
+        assert tuple(norm.mean) == mean and tuple(norm.std) == std
+    image = Image.fromarray(np.full((300, 400, 3), 128, dtype=np.uint8))
+    assert eval_tf(image).shape == train_tf(image).shape == (3, 224, 224)
 
 
 def test_preprocess_required(cache_dir, missing_data_root):

@@ -68,7 +68,8 @@ def test_local_weights_file(tmp_path):
     assert set(got) == set(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert not all(torch.equal(got[k], other[k]) for k in other)
-    assert pretrained_identity(str(path), 0) == path.name
+    identity = pretrained_identity(str(path), 0)
+    assert identity.startswith(path.name + "-sha256:") and len(identity) == len(path.name) + 8 + 16
 
 
 def test_incompatible_weights_file_raises(tmp_path):
@@ -77,6 +78,23 @@ def test_incompatible_weights_file_raises(tmp_path):
     save_file({"visual.proj": torch.zeros(3, 3)}, str(path))
     with pytest.raises(OrthoRegError, match="wrong.safetensors"):
         create_clip(TINY_ARCH, str(path))
+
+
+def test_weight_files_with_same_name_get_their_own_heads(tmp_path):
+    """Two different checkpoints both called model.safetensors must not share a cached zero-shot head."""
+    paths = []
+    for seed in (1, 2):
+        path = tmp_path / f"ckpt{seed}" / "model.safetensors"
+        path.parent.mkdir()
+        clip = create_clip(TINY_ARCH, None, init_seed=seed)
+        save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
+        paths.append(str(path))
+    cache = tmp_path / "cache"
+    a = build_classifier(TINY_ARCH, paths[0], "Shapes", CLASSNAMES, TEMPLATES, cache)
+    b = build_classifier(TINY_ARCH, paths[1], "Shapes", CLASSNAMES, TEMPLATES, cache)
+    fresh = build_classifier(TINY_ARCH, paths[1], "Shapes", CLASSNAMES, TEMPLATES, tmp_path / "other_cache")
+    assert torch.equal(b.head.weight, fresh.head.weight)
+    assert not torch.equal(a.head.weight, b.head.weight)
 
 
 def test_pretrained_identity():
@@ -115,7 +133,9 @@ def test_head_cache_key_depends_on_prompts(tmp_path):
     """Editing a prompt must not reuse a stale head."""
     clip = create_clip(TINY_ARCH, None)
     a = load_or_build_head(clip, TINY_ARCH, "random-init-seed0", "Shapes", CLASSNAMES, TEMPLATES, tmp_path)
-    b = load_or_build_head(clip, TINY_ARCH, "random-init-seed0", "Shapes", CLASSNAMES, TEMPLATES[:1], tmp_path)
+    b = load_or_build_head(
+        clip, TINY_ARCH, "random-init-seed0", "Shapes", CLASSNAMES, TEMPLATES[:1], tmp_path
+    )
     assert len(list((tmp_path / "heads").glob("*.safetensors"))) == 2
     assert not torch.equal(a, b)
     with pytest.raises(OrthoRegError):  # nothing cached for these prompts and no text tower to build

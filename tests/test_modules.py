@@ -25,8 +25,14 @@ TINY_PENALIZED = {"visual.positional_embedding", "visual.proj"} | {
 
 def cpu_trainer(**kwargs) -> L.Trainer:
     defaults = dict(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
     )
     return L.Trainer(**{**defaults, **kwargs})
 
@@ -45,7 +51,9 @@ def test_first_step_of_ortho_equals_standard():
         before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
         cpu_trainer(max_steps=1, gradient_clip_val=1.0).fit(module, loader)
         after = {n: p.detach().clone() for n, p in module.model.named_parameters()}
-        assert all(not torch.equal(before[n], after[n]) for n in module.penalized_names)  # a real step happened
+        assert all(
+            not torch.equal(before[n], after[n]) for n in module.penalized_names
+        )  # a real step happened
         results[cls.mode] = after
     std, ortho = results["standard"], results["standard_ortho"]
     assert std.keys() == ortho.keys()
@@ -169,6 +177,23 @@ def test_accumulated_gradient_is_ce_plus_lambda_penalty(sum_accumulated_loss):
     loss.backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(record.grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_orthogonality_monitor_logs_current_delta():
+    """The W&B dashboard's monitor/* metrics are the unsquared min-side penalty and ‖θ − θ0‖ of the current ΔW."""
+    from callbacks.orthogonality_monitor import OrthogonalityMonitor
+
+    with pytest.raises(ValueError):
+        OrthogonalityMonitor(every_n_steps=0)
+    module = StandardFineTuning(make_classifier(), lr=1e-2, warmup_steps=1)
+    trainer = cpu_trainer(max_steps=2, callbacks=[OrthogonalityMonitor(every_n_steps=1)])
+    trainer.fit(module, DataLoader(fixed_batches(2, batch_size=2), batch_size=2))
+    tv = module.task_vector()
+    expected_norm = torch.sqrt(sum((d.double() ** 2).sum() for d in tv.values()))
+    expected_penalty = ortho_penalty_reference([d.double() for d in tv.values() if d.ndim == 2])
+    metrics = trainer.callback_metrics
+    assert metrics["monitor/delta_norm"].item() == pytest.approx(expected_norm.item(), rel=1e-5)
+    assert metrics["monitor/ortho_penalty"].item() == pytest.approx(expected_penalty.item(), rel=1e-5)
 
 
 def test_warmup_cosine_schedule():

@@ -88,7 +88,9 @@ def test_gradient_scales_with_upstream_gradient():
 def test_gradcheck(norm, gram):
     """Finite differences agree with the hand-written backward for every option."""
     g = torch.Generator().manual_seed(3)
-    inputs = tuple(torch.randn(s, dtype=torch.float64, generator=g, requires_grad=True) for s in [(4, 3), (3, 5), (4, 4)])
+    inputs = tuple(
+        torch.randn(s, dtype=torch.float64, generator=g, requires_grad=True) for s in [(4, 3), (3, 5), (4, 4)]
+    )
     assert torch.autograd.gradcheck(lambda *d: ortho_penalty(list(d), norm=norm, gram=gram), inputs)
 
 
@@ -127,7 +129,6 @@ def test_bad_options_raise(kwargs, bad):
         ortho_penalty([torch.zeros(3, 2)], **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: penalty_at_zero does not validate norm/gram (see report)")
 @pytest.mark.parametrize("kwargs", [{"norm": "l1"}, {"gram": "rows"}])
 def test_penalty_at_zero_rejects_bad_options(kwargs):
     """penalty_at_zero silently treats unknown options as fro / columns instead of raising."""

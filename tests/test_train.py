@@ -1,7 +1,6 @@
 """End to end: train() on composed configs, the run folder it writes, and the ``train.py`` command line.
 
 Every run is the tiny random-init ViT on the quickstart Digits task for one batch (fast_dev_run).
-Note: ``fast_dev_run`` is not a key of configs/trainer/default.yaml, so it is added with ``+``.
 """
 
 from __future__ import annotations
@@ -25,15 +24,33 @@ from orthoreg_pl.models import create_clip
 from orthoreg_pl.task_vectors import load_task_vector
 from orthoreg_pl.training import train
 
-FAST = "+trainer.fast_dev_run=true"
-META_FIELDS = {"task", "mode", "arch", "pretrained", "ortho", "split_checksum", "seed", "steps", "versions",
-               "git_commit", "accuracy"}
+FAST = "trainer.fast_dev_run=true"
+META_FIELDS = {
+    "task",
+    "mode",
+    "arch",
+    "pretrained",
+    "ortho",
+    "split_checksum",
+    "seed",
+    "steps",
+    "versions",
+    "git_commit",
+    "accuracy",
+}
 
 
 def quickstart_cfg(mode: str, tmp: Path, cache: Path, *extra: str):
     return compose_config(
-        ["experiment=quickstart", "dataset=digits", f"mode={mode}", FAST, "logger=csv",
-         *path_overrides(tmp, cache, output_dir=tmp / "run"), *extra]
+        [
+            "experiment=quickstart",
+            "dataset=digits",
+            f"mode={mode}",
+            FAST,
+            "logger=csv",
+            *path_overrides(tmp, cache, output_dir=tmp / "run"),
+            *extra,
+        ]
     )
 
 
@@ -82,7 +99,9 @@ def test_run_folder_meta_and_config(mode, runs, cache_dir, missing_data_root):
     assert meta["task"] == "Digits" and meta["mode"] == mode
     assert meta["arch"] == TINY and meta["pretrained"] == "random-init-seed0"
     lam = 0.1 if mode == "standard_ortho" else 0.0  # the λ actually trained with
-    assert meta["ortho"]["lam"] == lam and meta["ortho"]["norm"] == "fro" and meta["ortho"]["gram"] == "min_side"
+    assert (
+        meta["ortho"]["lam"] == lam and meta["ortho"]["norm"] == "fro" and meta["ortho"]["gram"] == "min_side"
+    )
     data = load_task("Digits", missing_data_root, cache_dir)
     train_idx, val_idx = carve_validation(len(data.train_pool))
     assert meta["split_checksum"] == split_checksum(train_idx, val_idx, len(data.test))
@@ -105,8 +124,13 @@ def test_finished_run_is_not_overwritten(runs, tmp_path, cache_dir):
     run_dir, _ = runs["standard_ortho"]
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     cfg = compose_config(
-        ["experiment=quickstart", "dataset=digits", "mode=standard_ortho", FAST,
-         *path_overrides(tmp_path, cache_dir, output_dir=run_dir)]
+        [
+            "experiment=quickstart",
+            "dataset=digits",
+            "mode=standard_ortho",
+            FAST,
+            *path_overrides(tmp_path, cache_dir, output_dir=run_dir),
+        ]
     )
     with pytest.raises(OrthoRegError, match="finished run"):
         train(cfg)
@@ -114,7 +138,52 @@ def test_finished_run_is_not_overwritten(runs, tmp_path, cache_dir):
     assert after == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: safetensors files are written 0600 despite atomic_path's chmod (see report)")
+def test_unfinished_run_resumes_from_checkpoint(tmp_path, cache_dir):
+    """An interrupted run (last.ckpt, no meta.json) continues from its checkpoint and keeps its zero-shot scores."""
+    limits = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+
+    def cfg(epochs):
+        return compose_config(
+            [
+                "experiment=quickstart",
+                "dataset=digits",
+                "mode=standard_ortho",
+                "logger=csv",
+                *limits,
+                f"trainer.max_epochs={epochs}",
+                *path_overrides(tmp_path, cache_dir, output_dir=tmp_path / "run"),
+            ]
+        )
+
+    run_dir = tmp_path / "run"
+    first = train(cfg(1))
+    assert first["steps"] == 2 and (run_dir / "last.ckpt").is_file()
+    (run_dir / "meta.json").unlink()  # as if the job had been killed after its last checkpoint
+    (run_dir / "zeroshot.json").write_text(json.dumps({"val": 0.125, "test": 0.25}))
+    second = train(cfg(2))
+    assert second["steps"] == 4 and second["epochs"] == 2  # two more steps, not four from scratch
+    assert second["accuracy"]["zeroshot"] == {"val": 0.125, "test": 0.25}  # read back, not re-evaluated
+    assert json.loads((run_dir / "meta.json").read_text())["steps"] == 4
+
+
+def test_logger_none_trains(tmp_path, cache_dir):
+    """configs/logger/none.yaml is offered as an option, so a run without an experiment logger must work."""
+    cfg = compose_config(
+        [
+            "experiment=quickstart",
+            "dataset=digits",
+            "mode=standard",
+            "logger=none",
+            "eval_zeroshot=false",
+            "trainer.max_steps=1",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            *path_overrides(tmp_path, cache_dir, output_dir=tmp_path / "run"),
+        ]
+    )
+    assert train(cfg)["steps"] == 1
+
+
 def test_run_folder_files_get_umask_permissions(runs):
     """atomic_path promises the permissions open() would give; task vectors must be readable like meta.json."""
     run_dir, _ = runs["standard"]
@@ -125,11 +194,20 @@ def test_run_folder_files_get_umask_permissions(runs):
 # ---- the command line -------------------------------------------------------------------------------
 
 
-def run_cli(args: list[str], cache: Path, tmp: Path, timeout: int = 180) -> subprocess.CompletedProcess:
+def cli_env(cache: Path, tmp: Path) -> dict[str, str]:
+    """The test's environment, minus anything that could redirect paths or change error output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_", "ORTHOREG_"))}
     env.update(ORTHOREG_CACHE_DIR=str(cache), ORTHOREG_DATA_ROOT=str(tmp / "data"), WANDB_MODE="disabled")
+    return env
+
+
+def run_cli(args: list[str], cache: Path, tmp: Path, timeout: int = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "train.py", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "train.py", *args],
+        cwd=PROJECT_ROOT,
+        env=cli_env(cache, tmp),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -142,19 +220,28 @@ ERROR_CASES = {
 }
 
 
+# The same bad λ, but into the default run-folder naming scheme (no hydra.run.dir).
+NAMED_DIR_CASE = "negative_lambda_named_dir"
+
+
 @pytest.fixture(scope="module")
 def cli_errors(tmp_path_factory, cache_dir):
     """Run the failing command lines concurrently (each one mostly imports): {case: (result, run dir)}."""
     procs = {}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_", "ORTHOREG_"))}
-    for case, (args, _) in ERROR_CASES.items():
+    cases = {**ERROR_CASES, NAMED_DIR_CASE: (ERROR_CASES["negative_lambda"][0], None)}
+    for case, (args, _) in cases.items():
         tmp = tmp_path_factory.mktemp(f"cli_{case}")
-        env_case = {**env, "ORTHOREG_CACHE_DIR": str(cache_dir), "ORTHOREG_DATA_ROOT": str(tmp / "data"),
-                    "WANDB_MODE": "disabled"}
-        argv = ["experiment=quickstart", *(a.format(tmp=tmp) for a in args), f"paths.runs_dir={tmp}/runs",
-                f"hydra.run.dir={tmp}/x"]
-        proc = subprocess.Popen([sys.executable, "train.py", *argv], cwd=PROJECT_ROOT, env=env_case,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv = ["experiment=quickstart", *(a.format(tmp=tmp) for a in args), f"paths.runs_dir={tmp}/runs"]
+        if case != NAMED_DIR_CASE:
+            argv.append(f"hydra.run.dir={tmp}/x")
+        proc = subprocess.Popen(
+            [sys.executable, "train.py", *argv],
+            cwd=PROJECT_ROOT,
+            env=cli_env(cache_dir, tmp),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         procs[case] = (proc, tmp)
     results = {}
     for case, (proc, tmp) in procs.items():
@@ -175,11 +262,26 @@ def test_cli_bad_input_is_a_clear_error(case, cli_errors):
     assert not (tmp / "runs").exists()
 
 
+def test_cli_bad_input_leaves_no_empty_run_tree(cli_errors):
+    """With the default naming scheme, a run that never started must not leave runs/<arch>/<mode>/<task>/."""
+    returncode, output, tmp = cli_errors[NAMED_DIR_CASE]
+    assert returncode != 0 and "ortho.lam=-1" in output and "Traceback" not in output
+    assert not (tmp / "runs" / TINY / "standard_ortho_lam-1" / "Digits" / "seed0").exists()
+    left = sorted(str(p.relative_to(tmp)) for p in (tmp / "runs").rglob("*"))
+    assert left == [], left  # the runs root itself may stay; nothing below it
+
+
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory, cache_dir):
     tmp = tmp_path_factory.mktemp("cli_run")
-    args = ["experiment=quickstart", "dataset=digits", "mode=standard_ortho", FAST, f"paths.runs_dir={tmp}/runs",
-            f"hydra.run.dir={tmp}/run"]
+    args = [
+        "experiment=quickstart",
+        "dataset=digits",
+        "mode=standard_ortho",
+        FAST,
+        f"paths.runs_dir={tmp}/runs",
+        f"hydra.run.dir={tmp}/run",
+    ]
     return run_cli(args, cache_dir, tmp), tmp
 
 
@@ -196,8 +298,11 @@ def test_cli_refuses_finished_run(cli_run, cache_dir):
     result, tmp = cli_run
     assert result.returncode == 0
     meta_before = (tmp / "run" / "meta.json").read_bytes()
-    again = run_cli(["experiment=quickstart", "dataset=digits", "mode=standard_ortho", FAST,
-                     f"hydra.run.dir={tmp}/run"], cache_dir, tmp)
+    again = run_cli(
+        ["experiment=quickstart", "dataset=digits", "mode=standard_ortho", FAST, f"hydra.run.dir={tmp}/run"],
+        cache_dir,
+        tmp,
+    )
     output = again.stdout + again.stderr
     assert again.returncode != 0 and "finished run" in output and "Traceback" not in output
     assert (tmp / "run" / "meta.json").read_bytes() == meta_before
@@ -205,8 +310,20 @@ def test_cli_refuses_finished_run(cli_run, cache_dir):
 
 def test_cli_multirun_lambda_sweep(tmp_path, cache_dir):
     """``-m ortho.lam=0,1`` gives one run folder per λ, named by it, each recording its λ."""
-    result = run_cli(["-m", "experiment=quickstart", "dataset=digits", "mode=standard_ortho", "ortho.lam=0,1",
-                      FAST, f"paths.runs_dir={tmp_path}"], cache_dir, tmp_path, timeout=300)
+    result = run_cli(
+        [
+            "-m",
+            "experiment=quickstart",
+            "dataset=digits",
+            "mode=standard_ortho",
+            "ortho.lam=0,1",
+            FAST,
+            f"paths.runs_dir={tmp_path}",
+        ],
+        cache_dir,
+        tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     metas = sorted(tmp_path.glob("**/meta.json"))
     assert len(metas) == 2

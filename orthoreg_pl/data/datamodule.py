@@ -28,7 +28,9 @@ class TransformedDataset(Dataset):
         return self.transform(image.convert("RGB")), int(label)
 
 
-def clip_transforms(preprocess: dict, train_scale: tuple[float, float] = (0.9, 1.0)) -> tuple[Callable, Callable]:
+def clip_transforms(
+    preprocess: dict, train_scale: tuple[float, float] = (0.9, 1.0)
+) -> tuple[Callable, Callable]:
     """(train, eval) transforms as open_clip builds them: RandomResizedCrop(scale 0.9–1.0, bicubic) for
     training, resize + center crop for evaluation, CLIP normalisation for both."""
     common = dict(
@@ -89,7 +91,10 @@ class TaskDataModule(L.LightningDataModule):
         train_tf, eval_tf = clip_transforms(self.preprocess, self.train_scale)
         if data.val is None:
             train_idx, val_idx = carve_validation(len(data.train_pool), self.split_seed)
-            train, val = Subset(data.train_pool, train_idx.tolist()), Subset(data.train_pool, val_idx.tolist())
+            train, val = (
+                Subset(data.train_pool, train_idx.tolist()),
+                Subset(data.train_pool, val_idx.tolist()),
+            )
         else:
             train_idx, val_idx = torch.arange(len(data.train_pool)), None
             train, val = data.train_pool, data.val

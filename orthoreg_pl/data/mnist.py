@@ -22,7 +22,11 @@ def load_mnist(data_root: Path, cache_dir: Path) -> TaskData:
             "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)"
         ) from err
     prompts = load_prompts()["MNIST"]
-    return TaskData(train_pool=train, test=test, classnames=prompts["classnames"], templates=prompts["templates"])
+    return TaskData(
+        train_pool=train, test=test, classnames=prompts["classnames"], templates=prompts["templates"]
+    )
 
 
-register_task(TaskSpec(name="MNIST", load=load_mnist, description="MNIST handwritten digits (torchvision layout)"))
+register_task(
+    TaskSpec(name="MNIST", load=load_mnist, description="MNIST handwritten digits (torchvision layout)")
+)

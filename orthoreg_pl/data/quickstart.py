@@ -71,7 +71,9 @@ def _shape_mask(kind: int, rng: np.random.Generator) -> np.ndarray:
     return (dist <= r) & (dist >= 0.55 * r)  # ring
 
 
-def _draw(n: int, num_classes: int, rng: np.random.Generator, paint: Callable) -> tuple[np.ndarray, np.ndarray]:
+def _draw(
+    n: int, num_classes: int, rng: np.random.Generator, paint: Callable
+) -> tuple[np.ndarray, np.ndarray]:
     labels = np.arange(n) % num_classes
     rng.shuffle(labels)
     images = np.stack([paint(int(y), rng) for y in labels])
@@ -84,7 +86,9 @@ def _paint_shape(label: int, rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-_COLORS = np.array([[220, 30, 30], [30, 170, 40], [30, 60, 220], [230, 215, 40], [140, 40, 180], [240, 130, 20]])
+_COLORS = np.array(
+    [[220, 30, 30], [30, 170, 40], [30, 60, 220], [230, 215, 40], [140, 40, 180], [240, 130, 20]]
+)
 
 
 def _paint_color(label: int, rng: np.random.Generator) -> np.ndarray:
@@ -146,7 +150,9 @@ def _make_digits() -> tuple[np.ndarray, ...]:
 # ---- caching and registration ---------------------------------------------------------------------
 
 
-def cached_arrays(cache_dir: Path, name: str, make: Callable[[], tuple[np.ndarray, ...]]) -> dict[str, torch.Tensor]:
+def cached_arrays(
+    cache_dir: Path, name: str, make: Callable[[], tuple[np.ndarray, ...]]
+) -> dict[str, torch.Tensor]:
     """Generate the task's arrays once; later calls read the safetensors cache (errors if it is corrupt)."""
     path = Path(cache_dir) / "quickstart" / f"{name}-v{GENERATOR_VERSION}.safetensors"
     keys = ("train_images", "train_labels", "test_images", "test_labels")
@@ -157,13 +163,19 @@ def cached_arrays(cache_dir: Path, name: str, make: Callable[[], tuple[np.ndarra
     try:
         arrays = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise OrthoRegError(f"quickstart data cache {path} is corrupt ({err}); delete it and it will be rebuilt") from err
+        raise OrthoRegError(
+            f"quickstart data cache {path} is corrupt ({err}); delete it and it will be rebuilt"
+        ) from err
     if set(arrays) != set(keys):
-        raise OrthoRegError(f"quickstart data cache {path} holds {sorted(arrays)}, expected {list(keys)}; delete it")
+        raise OrthoRegError(
+            f"quickstart data cache {path} holds {sorted(arrays)}, expected {list(keys)}; delete it"
+        )
     return arrays
 
 
-def _quickstart_task(name: str, classnames: list[str], templates: list[str], make: Callable, description: str) -> TaskSpec:
+def _quickstart_task(
+    name: str, classnames: list[str], templates: list[str], make: Callable, description: str
+) -> TaskSpec:
     def load(data_root: Path, cache_dir: Path) -> TaskData:
         arrays = cached_arrays(cache_dir, name, make)
         return TaskData(

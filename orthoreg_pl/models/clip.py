@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.utils.io import sha256_file
 
 TINY_ARCH = "orthoreg-tiny-vit"
 _MODEL_CONFIGS = Path(__file__).resolve().parent.parent / "resources" / "model_configs"
@@ -39,11 +40,13 @@ def check_architecture(arch: str) -> None:
 
 
 def pretrained_identity(pretrained: str | None, init_seed: int) -> str:
-    """A short string that names θ0: the tag, the weight file's name, or the random-init seed."""
+    """A string that names θ0: the open_clip tag, the weight file's name and content hash, or the init seed."""
     if pretrained is None:
         return f"random-init-seed{init_seed}"
     path = Path(pretrained)
-    return path.name if path.suffix and path.exists() else pretrained
+    if path.is_file():  # two files of one name must not share cached heads or pass as the same θ0
+        return f"{path.name}-sha256:{sha256_file(path)[:16]}"
+    return pretrained
 
 
 def _resolve_pretrained(arch: str, pretrained: str | None) -> tuple[str | None, bool]:

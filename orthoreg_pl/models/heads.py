@@ -38,7 +38,10 @@ def build_zeroshot_weights(
     for name in classnames:
         texts = [t.replace("{c}", name) for t in templates]
         embeddings = torch.cat(
-            [clip.encode_text(tokenizer(texts[i : i + batch_size]).to(device)) for i in range(0, len(texts), batch_size)]
+            [
+                clip.encode_text(tokenizer(texts[i : i + batch_size]).to(device))
+                for i in range(0, len(texts), batch_size)
+            ]
         )
         embeddings = F.normalize(embeddings.float(), dim=-1).mean(dim=0)
         rows.append(F.normalize(embeddings, dim=-1))
@@ -46,12 +49,21 @@ def build_zeroshot_weights(
 
 
 def head_cache_path(
-    cache_dir: str | Path, arch: str, pretrained_id: str, task: str, classnames: Sequence[str], templates: Sequence[str]
+    cache_dir: str | Path,
+    arch: str,
+    pretrained_id: str,
+    task: str,
+    classnames: Sequence[str],
+    templates: Sequence[str],
 ) -> Path:
     """Cache key: architecture, θ0, task and a hash of the exact prompts (a prompt edit rebuilds)."""
     prompts_hash = sha256_text(*classnames, "||", *templates)[:12]
     safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s)  # noqa: E731
-    return Path(cache_dir) / "heads" / f"{safe(arch)}__{safe(pretrained_id)}__{safe(task)}__{prompts_hash}.safetensors"
+    return (
+        Path(cache_dir)
+        / "heads"
+        / f"{safe(arch)}__{safe(pretrained_id)}__{safe(task)}__{prompts_hash}.safetensors"
+    )
 
 
 def read_head(path: Path, num_classes: int) -> Tensor:
@@ -85,9 +97,13 @@ def load_or_build_head(
         return read_head(path, len(classnames))
     if clip is None:
         raise OrthoRegError(f"no cached zero-shot head at {path} and no CLIP text tower to build one")
-    weight = build_zeroshot_weights(clip, open_clip.get_tokenizer(arch), classnames, templates).cpu().contiguous()
+    weight = (
+        build_zeroshot_weights(clip, open_clip.get_tokenizer(arch), classnames, templates).cpu().contiguous()
+    )
     with atomic_path(path) as tmp:
-        save_file({"weight": weight}, str(tmp), metadata={"arch": arch, "pretrained": pretrained_id, "task": task})
+        save_file(
+            {"weight": weight}, str(tmp), metadata={"arch": arch, "pretrained": pretrained_id, "task": task}
+        )
     return weight
 
 

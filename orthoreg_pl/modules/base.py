@@ -49,6 +49,7 @@ class FineTuneModule(L.LightningModule):
                 f"mode={self.mode} adds no penalty but ortho.lam={lam}; use mode={self.mode}_ortho or ortho.lam=0"
             )
         check_options(norm, gram)
+        betas = tuple(float(b) for b in betas)  # plain floats: checkpoints load with weights_only=True
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.select_trainable()
@@ -87,7 +88,10 @@ class FineTuneModule(L.LightningModule):
     @torch.no_grad()
     def task_vector(self) -> dict[str, Tensor]:
         """θ − θ0 of every trainable parameter, under image-tower names, on the CPU."""
-        return {n: d.detach().cpu().contiguous() for n, d in zip(self.trainable_names, self.deltas(self.trainable_names))}
+        return {
+            n: d.detach().cpu().contiguous()
+            for n, d in zip(self.trainable_names, self.deltas(self.trainable_names))
+        }
 
     # ---- Lightning hooks ----------------------------------------------------------------------------
 
@@ -137,7 +141,9 @@ class FineTuneModule(L.LightningModule):
             weight_decay=self.hparams.weight_decay,
         )
         schedule = functools.partial(
-            warmup_cosine, warmup_steps=self.hparams.warmup_steps, total_steps=int(self.trainer.estimated_stepping_batches)
+            warmup_cosine,
+            warmup_steps=self.hparams.warmup_steps,
+            total_steps=int(self.trainer.estimated_stepping_batches),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

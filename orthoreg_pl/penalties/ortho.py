@@ -108,5 +108,6 @@ def ortho_penalty_reference(deltas: Sequence[Tensor], norm: Norm = "fro", gram: 
 
 def penalty_at_zero(shapes: Sequence[Sequence[int]], norm: Norm = "fro", gram: Gram = "min_side") -> float:
     """The penalty's value at ΔW = 0 from shapes alone: Σ√k (fro) or Σk (fro_squared)."""
+    check_options(norm, gram)
     sizes = [gram_size(s, gram) for s in shapes]
     return float(sum(sizes) if norm == "fro_squared" else sum(k**0.5 for k in sizes))
