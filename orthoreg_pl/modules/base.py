@@ -107,8 +107,12 @@ class FineTuneModule(L.LightningModule):
             # The weights do not change between micro-batches, so the penalty is computed once per
             # optimizer step; Lightning divides each micro-batch loss by `accumulate`, hence the factor.
             lam = self.hparams.lam
-            penalty = self.penalty() if lam > 0 else self.penalty().detach()
-            loss = loss + (lam * accumulate) * penalty
+            if lam > 0:
+                penalty = self.penalty()
+                loss = loss + (lam * accumulate) * penalty
+            else:  # λ = 0: logged for comparison, no graph kept
+                with torch.no_grad():
+                    penalty = self.penalty()
             self._last_penalty = penalty.detach()
             self.log("train/penalty", self._last_penalty)
         total = loss_ce.detach()
