@@ -98,7 +98,7 @@ def train(cfg: DictConfig) -> dict:
     meta = {
         "task": cfg.dataset.name,
         "mode": module.mode,
-        "task_vector_space": "weight",
+        "task_vector_space": module.task_vector_space,
         "arch": cfg.model.arch,
         "pretrained": pretrained_identity(cfg.model.pretrained, cfg.model.init_seed),
         "ortho": {

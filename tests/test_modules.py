@@ -38,7 +38,11 @@ def cpu_trainer(**kwargs) -> L.Trainer:
 
 
 def test_modes_registry():
-    assert MODES == {"standard": StandardFineTuning, "standard_ortho": StandardOrthoFineTuning}
+    """Every mode of method.md §3 is registered under its config name, with and without OrthoReg."""
+    bases = ("standard", "linear", "attn", "lora_attn")
+    assert set(MODES) == {*bases, *(f"{b}_ortho" for b in bases)}
+    assert MODES["standard"] is StandardFineTuning and MODES["standard_ortho"] is StandardOrthoFineTuning
+    assert all(MODES[f"{b}_ortho"].uses_penalty and not MODES[b].uses_penalty for b in bases)
 
 
 def test_first_step_of_ortho_equals_standard():

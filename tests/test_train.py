@@ -21,10 +21,13 @@ from safetensors.torch import load_file
 from orthoreg_pl import OrthoRegError
 from orthoreg_pl.data import carve_validation, load_task, split_checksum
 from orthoreg_pl.models import create_clip
+from orthoreg_pl.modules import MODES
 from orthoreg_pl.task_vectors import load_task_vector
 from orthoreg_pl.training import train
 
 FAST = "trainer.fast_dev_run=true"
+ALL_MODES = sorted(MODES)
+ATTENTION_MODES = {"attn", "attn_ortho", "lora_attn", "lora_attn_ortho"}
 META_FIELDS = {
     "task",
     "mode",
@@ -58,7 +61,7 @@ def quickstart_cfg(mode: str, tmp: Path, cache: Path, *extra: str):
 def runs(tmp_path_factory, cache_dir):
     """One finished fast_dev_run per mode: {mode: (run folder, returned meta)}."""
     out = {}
-    for mode in ("standard", "standard_ortho"):
+    for mode in ALL_MODES:
         tmp = tmp_path_factory.mktemp(f"train_{mode}")
         meta = train(quickstart_cfg(mode, tmp, cache_dir))
         out[mode] = (tmp / "run", meta)
@@ -71,12 +74,18 @@ def expected_tensors() -> dict[str, tuple[int, ...]]:
     return {f"visual.{n}": tuple(p.shape) for n, p in create_clip(TINY, None).visual.named_parameters()}
 
 
-@pytest.mark.parametrize("mode", ["standard", "standard_ortho"])
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_run_folder_task_vector(mode, runs, expected_tensors):
     """task_vector.safetensors: image-tower names and shapes, a real update, reloading bit-identically."""
     run_dir, meta = runs[mode]
     path = run_dir / "task_vector.safetensors"
     tv = load_task_vector(path)
+    if mode in ATTENTION_MODES:  # the attention matrices only; LoRA stores the dense ΔW under the base name
+        expected_tensors = {
+            k: v
+            for k, v in expected_tensors.items()
+            if k.endswith(("attn.in_proj_weight", "attn.out_proj.weight"))
+        }
     assert {k: tuple(v.shape) for k, v in tv.items()} == expected_tensors
     assert all(k.startswith("visual.") for k in tv)
     assert all(v.dtype == torch.float32 for v in tv.values())
@@ -90,7 +99,7 @@ def test_run_folder_task_vector(mode, runs, expected_tensors):
     assert meta["task_vector"] == {"tensors": len(tv), "parameters": sum(v.numel() for v in tv.values())}
 
 
-@pytest.mark.parametrize("mode", ["standard", "standard_ortho"])
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_run_folder_meta_and_config(mode, runs, cache_dir, missing_data_root):
     """meta.json records what is needed to reproduce and merge the run; config.yaml is the resolved config."""
     run_dir, returned = runs[mode]
@@ -98,7 +107,8 @@ def test_run_folder_meta_and_config(mode, runs, cache_dir, missing_data_root):
     assert META_FIELDS <= set(meta)
     assert meta["task"] == "Digits" and meta["mode"] == mode
     assert meta["arch"] == TINY and meta["pretrained"] == "random-init-seed0"
-    lam = 0.1 if mode == "standard_ortho" else 0.0  # the λ actually trained with
+    lam = 0.1 if mode.endswith("_ortho") else 0.0  # the λ actually trained with
+    assert meta["task_vector_space"] == ("tangent" if mode.startswith("linear") else "weight")
     assert (
         meta["ortho"]["lam"] == lam and meta["ortho"]["norm"] == "fro" and meta["ortho"]["gram"] == "min_side"
     )

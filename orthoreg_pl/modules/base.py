@@ -27,6 +27,7 @@ from orthoreg_pl.penalties.ortho import check_options
 class FineTuneModule(L.LightningModule):
     mode: ClassVar[str] = "base"
     uses_penalty: ClassVar[bool] = False
+    task_vector_space: ClassVar[str] = "weight"  # "tangent" for linearized modes: never mixed with "weight"
 
     def __init__(
         self,
@@ -60,7 +61,7 @@ class FineTuneModule(L.LightningModule):
         for name, buffer in self._theta0_buffers.items():
             self.register_buffer(buffer, self.model.get_parameter(name).detach().clone(), persistent=False)
         self._last_penalty: Tensor | None = None
-        self.penalized_names = [n for n in self.trainable_names if self.model.get_parameter(n).ndim == 2]
+        self.penalized_names = self.select_penalized()
         num_classes = model.head.weight.shape[0]
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -71,6 +72,10 @@ class FineTuneModule(L.LightningModule):
         """Set ``requires_grad`` on the parameters this mode trains (default: the whole image tower)."""
         self.model.requires_grad_(True)
 
+    def select_penalized(self) -> list[str]:
+        """Names of the matrices the penalty covers (default: every trainable 2-D weight)."""
+        return [n for n in self.trainable_names if self.model.get_parameter(n).ndim == 2]
+
     # ---- θ0, ΔW and the penalty ---------------------------------------------------------------------
 
     def theta0(self, name: str) -> Tensor:
@@ -79,19 +84,24 @@ class FineTuneModule(L.LightningModule):
     def deltas(self, names: list[str]) -> list[Tensor]:
         return [self.model.get_parameter(n) - self.theta0(n) for n in names]
 
+    def delta_tensors(self) -> dict[str, Tensor]:
+        """The task vector on the module's device: what θ0 must be added to, under image-tower names."""
+        return dict(zip(self.trainable_names, self.deltas(self.trainable_names)))
+
+    def penalty_deltas(self) -> list[Tensor]:
+        """The matrices ΔW the penalty acts on (``penalized_names``), with their graph."""
+        return self.deltas(self.penalized_names)
+
     def penalty(self) -> Tensor:
         """OrthoReg penalty of the current ΔW, in fp32 even under mixed precision."""
         with torch.autocast(device_type=self.device.type, enabled=False):
-            deltas = [d.float() for d in self.deltas(self.penalized_names)]
+            deltas = [d.float() for d in self.penalty_deltas()]
             return ortho_penalty(deltas, norm=self.hparams.norm, gram=self.hparams.gram)
 
     @torch.no_grad()
     def task_vector(self) -> dict[str, Tensor]:
-        """θ − θ0 of every trainable parameter, under image-tower names, on the CPU."""
-        return {
-            n: d.detach().cpu().contiguous()
-            for n, d in zip(self.trainable_names, self.deltas(self.trainable_names))
-        }
+        """The task vector on the CPU, ready for safetensors."""
+        return {n: d.detach().cpu().contiguous() for n, d in self.delta_tensors().items()}
 
     # ---- Lightning hooks ----------------------------------------------------------------------------
 

@@ -1,0 +1,171 @@
+"""Benchmark: training-step time and peak memory of every fine-tuning mode, relative to `standard`.
+
+Each (architecture, mode) runs in its own process so peak memory is its own: CUDA peak allocated on a
+GPU, peak RSS above the post-import baseline on a CPU. A step is what training_step does: forward,
+CE (+ λ·penalty), backward, gradient clipping at 1.0, AdamW. For the *_ortho modes the worker also
+times the penalty alone (forward + backward, the cost benchmarks/penalty.py measures), so the check
+"ortho step ≤ base step + penalty + 3 % of the base step" uses figures from the same run.
+Random init, no download: ``python benchmarks/modes.py [--archs orthoreg-tiny-vit ViT-B-32] [--batch 128]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from orthoreg_pl.models import ImageClassifier, create_clip
+from orthoreg_pl.modules import MODES
+
+MODE_ORDER = [
+    "standard",
+    "standard_ortho",
+    "linear",
+    "linear_ortho",
+    "attn",
+    "attn_ortho",
+    "lora_attn",
+    "lora_attn_ortho",
+]
+
+
+def _rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def worker(arch: str, mode: str, batch: int, steps: int, device: torch.device) -> dict:
+    baseline = _rss_bytes()
+    torch.manual_seed(0)
+    clip = create_clip(arch, None)
+    size = clip.visual.image_size[0] if isinstance(clip.visual.image_size, tuple) else clip.visual.image_size
+    head = F.normalize(torch.randn(10, clip.visual.output_dim), dim=-1) * 100
+    cls = MODES[mode]
+    module = cls(ImageClassifier(clip.visual, head), lam=1.0 if cls.uses_penalty else 0.0).to(device)
+    del clip
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step() -> None:
+        loss = F.cross_entropy(module(images), labels)
+        if cls.uses_penalty:
+            loss = loss + module.hparams.lam * module.penalty()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    times, penalty_times = [], []
+    for i in range(steps + 1):  # the first step warms up (and allocates AdamW state)
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        if i:
+            times.append(time.perf_counter() - start)
+        if cls.uses_penalty:
+            _sync(device)
+            start = time.perf_counter()
+            module.penalty().backward()
+            _sync(device)
+            penalty_times.append(time.perf_counter() - start)
+            optimizer.zero_grad(set_to_none=True)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_bytes() - baseline
+    return {
+        "step_s": statistics.median(times),
+        "penalty_s": statistics.median(penalty_times[1:] or penalty_times) if penalty_times else 0.0,
+        "peak_bytes": peak,
+    }
+
+
+def run_all(archs: list[str], modes: list[str], batch: int, steps: int, device: str) -> dict:
+    results: dict[str, dict[str, dict]] = {}
+    for arch in archs:
+        results[arch] = {}
+        for mode in modes:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--arch",
+                arch,
+                "--mode",
+                mode,
+                "--batch",
+                str(batch),
+                "--steps",
+                str(steps),
+                "--device",
+                device,
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            results[arch][mode] = json.loads(out.strip().splitlines()[-1])
+            print(f"  {arch:18s} {mode:16s} {results[arch][mode]}", file=sys.stderr, flush=True)
+    return results
+
+
+def report(results: dict, batch: int) -> None:
+    for arch, by_mode in results.items():
+        std = by_mode["standard"]
+        print(
+            f"\n{arch}, batch {batch}: ratios to standard (step {1e3 * std['step_s']:.1f} ms, peak {std['peak_bytes'] / 2**20:.0f} MiB)"
+        )
+        print(f"  {'mode':16s} {'time':>7s} {'memory':>7s}   check")
+        for mode, r in by_mode.items():
+            check = ""
+            if mode == "linear":
+                ok = r["step_s"] <= 2 * std["step_s"] and r["peak_bytes"] <= 1.6 * std["peak_bytes"]
+                check = f"target time <= 2x, memory <= 1.6x: {'met' if ok else 'MISSED'}"
+            elif mode.endswith("_ortho"):
+                base = by_mode[mode.removesuffix("_ortho")]
+                budget = base["step_s"] + r["penalty_s"] + 0.03 * base["step_s"]
+                overhead = r["step_s"] - base["step_s"]
+                check = (
+                    f"+{1e3 * overhead:.1f} ms over {mode.removesuffix('_ortho')}, penalty alone {1e3 * r['penalty_s']:.1f} ms: "
+                    f"{'met' if r['step_s'] <= budget else 'MISSED'} (<= penalty + 3% of base)"
+                )
+            print(
+                f"  {mode:16s} {r['step_s'] / std['step_s']:6.2f}x {r['peak_bytes'] / std['peak_bytes']:6.2f}x   {check}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--archs", nargs="+", default=["orthoreg-tiny-vit", "ViT-B-32"])
+    parser.add_argument("--modes", nargs="+", default=MODE_ORDER)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 10 on GPU)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--arch", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    steps = args.steps or (10 if args.device.startswith("cuda") else 3)
+    if args.worker:
+        print(json.dumps(worker(args.arch, args.mode, args.batch, steps, torch.device(args.device))))
+        return
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {steps} timed steps"
+    )
+    report(run_all(args.archs, args.modes, args.batch, steps, args.device), args.batch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The linearized image encoder of Tangent Task Arithmetic (Ortiz-Jimenez et al., 2023).
+
+f_lin(θ; x) = f(θ0; x) + J_θ f(θ0; x)·(θ − θ0), computed with one forward-mode JVP. Forward-mode AD
+has no rule for torch's fused multi-head-attention fast path nor for the flash / memory-efficient
+SDPA kernels, so attention goes through the math path inside the JVP only (:func:`math_attention`);
+every other forward keeps the kernels it had.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+@contextlib.contextmanager
+def math_attention() -> Iterator[None]:
+    """Route attention through differentiable-everywhere math kernels; restore the settings after."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def linearized_forward(module: nn.Module, theta0: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
+    """f(θ0; x) + J f(θ0; x)·(θ − θ0), θ being ``module``'s current parameters (names as in
+    ``module.named_parameters()``). Gradients flow to θ through the tangent."""
+    params = dict(module.named_parameters())
+    primals = {name: theta0[name] for name in params}
+    tangents = {name: params[name] - primals[name] for name in params}
+
+    def f(p: dict[str, Tensor]) -> Tensor:
+        return functional_call(module, p, (inputs,))
+
+    with math_attention():
+        output, directional = jvp(f, (primals,), (tangents,))
+    return output + directional
