@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml
 QUICKSTART_TASKS := digits,shapes,colors,patterns
 
 quickstart: setup
-	rm -rf runs/quickstart
+	rm -rf runs/quickstart reports/quickstart
 	$(PY) train.py -m experiment=quickstart dataset=$(QUICKSTART_TASKS) mode=standard,standard_ortho
-	$(PY) -m orthoreg_pl.report runs/quickstart
+	$(PY) merge.py -m experiment=quickstart_addition mode=standard,standard_ortho
+	$(PY) merge.py -m experiment=quickstart_negation mode=standard,standard_ortho
+	$(PY) -m orthoreg_pl.report runs/quickstart reports/quickstart
 
 test: setup
 	$(PY) -m pytest
@@ -33,6 +35,9 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/penalty.py
+	$(PY) benchmarks/modes.py
+	$(PY) benchmarks/merge.py
+	$(PY) benchmarks/eval_cache.py
 
 clean:
-	rm -rf runs/quickstart .cache .pytest_cache
+	rm -rf runs/quickstart reports/quickstart .cache .pytest_cache

@@ -1,8 +1,13 @@
-"""Tables of finished runs: ``python -m orthoreg_pl.report RUNS_DIR`` prints zero-shot vs fine-tuned accuracy."""
+"""Tables of finished runs and merge reports: ``python -m orthoreg_pl.report DIR...``.
+
+Fine-tuning runs (meta.json) give the single-task table (zero-shot vs fine-tuned accuracy); merge
+reports (report.json) give the task-addition and task-negation tables shaped like the paper's.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -11,11 +16,19 @@ from rich.table import Table
 
 from orthoreg_pl.run_folder import META_FILE, read_meta
 
+REPORT_FILE = "report.json"
+
 
 def collect_runs(runs_dir: str | Path) -> list[dict]:
     """meta.json of every finished run below ``runs_dir``, sorted by task, mode and λ."""
     metas = [read_meta(p.parent) for p in sorted(Path(runs_dir).rglob(META_FILE))]
     return sorted(metas, key=lambda m: (m["task"], m["mode"], m["ortho"]["lam"], m["seed"]))
+
+
+def collect_reports(folder: str | Path) -> list[dict]:
+    """report.json of every merge report below ``folder``."""
+    reports = [json.loads(p.read_text()) for p in sorted(Path(folder).rglob(REPORT_FILE))]
+    return sorted(reports, key=lambda r: (r["protocol"], r["arch"], r["mode"], r["lam"], r["merge_method"]))
 
 
 def _pct(value: float | None) -> str:
@@ -32,29 +45,65 @@ def single_task_table(metas: list[dict]) -> Table:
     for m in metas:
         zs, ft = m["accuracy"]["zeroshot"] or {}, m["accuracy"]["finetuned"]
         table.add_row(
-            m["task"],
-            m["mode"],
-            f"{m['ortho']['lam']:g}",
-            _pct(zs.get("val")),
-            _pct(zs.get("test")),
-            _pct(ft["val"]),
-            _pct(ft["test"]),
-            str(m["steps"]),
+            m["task"], m["mode"], f"{m['ortho']['lam']:g}", _pct(zs.get("val")), _pct(zs.get("test")),
+            _pct(ft["val"]), _pct(ft["test"]), str(m["steps"]),
+        )  # fmt: skip
+    return table
+
+
+def merge_table(reports: list[dict], protocol: str) -> Table:
+    """One row per (mode, λ, method): addition Abs./Norm. accuracy, or negation target/control accuracy."""
+    addition = protocol == "addition"
+    first, second = ("abs", "norm") if addition else ("target", "control")
+    title = (
+        "Task addition: Abs. / Norm. test accuracy (%)"
+        if addition
+        else "Task negation: target ↓ / control ↑ test accuracy (%)"
+    )
+    table = Table(title=title)
+    tasks = list(reports[0]["per_task"])
+    for column in ("mode", "λ", "method", "α*", *tasks, "mean"):
+        table.add_column(column, justify="left" if column in ("mode", "method") else "right")
+    for r in reports:
+        cells = [f"{_pct(r['per_task'][t][first])} / {_pct(r['per_task'][t][second])}" for t in tasks]
+        alpha = f"{r['chosen_alpha']:g}" if addition else "per task"
+        mean = f"{_pct(r['mean'][first])} / {_pct(r['mean'][second])}"
+        table.add_row(r["mode"], f"{r['lam']:g}", r["merge_method"], alpha, *cells, mean)
+    if not addition:
+        r = reports[0]
+        table.caption = (
+            f"control: {r['control']} (zero-shot test {_pct(r['control_zeroshot']['test'])}); "
+            f"per task, α keeps control val ≥ {r['threshold']} × zero-shot"
         )
     return table
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "runs_dir", type=Path, help="folder searched recursively for finished runs (meta.json)"
+        "folders", type=Path, nargs="+", help="folders searched recursively for meta.json / report.json"
     )
     args = parser.parse_args(argv)
-    metas = collect_runs(args.runs_dir)
-    if not metas:
-        print(f"error: no finished runs (meta.json) under {args.runs_dir}", file=sys.stderr)
+    console = Console(width=max(120, Console().width))
+    found = False
+    for folder in args.folders:
+        metas, reports = collect_runs(folder), collect_reports(folder)
+        if metas:
+            console.print(single_task_table(metas))
+        for protocol in ("addition", "negation"):
+            selected = [r for r in reports if r["protocol"] == protocol]
+            if selected:
+                console.print(merge_table(selected, protocol))
+        found = found or bool(metas or reports)
+    if not found:
+        folders = ", ".join(str(f) for f in args.folders)
+        print(
+            f"error: no finished runs (meta.json) or merge reports (report.json) under {folders}",
+            file=sys.stderr,
+        )
         return 2
-    Console(width=max(100, Console().width)).print(single_task_table(metas))
     return 0
 
 

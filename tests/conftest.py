@@ -36,13 +36,15 @@ def missing_data_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("roots") / "no_such_data_root"
 
 
-def compose_config(overrides: Iterable[str], *, keep_hydra: bool = False) -> DictConfig:
+def compose_config(
+    overrides: Iterable[str], *, keep_hydra: bool = False, config_name: str = "train"
+) -> DictConfig:
     """Compose the real ``configs/train.yaml`` as ``train.py`` would, with ``${hydra:...}`` resolvable.
 
     The hydra node is dropped unless ``keep_hydra`` (``@hydra.main`` hands ``train`` a config without it).
     """
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="test"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     if not keep_hydra:
         with open_dict(cfg):
@@ -90,3 +92,11 @@ def pytest_configure(config):
     # Lightning's own deprecation notice about torch's pytree API: noise, not about this project.
     config.addinivalue_line("filterwarnings", "ignore:.*LeafSpec.*:DeprecationWarning")
     config.addinivalue_line("filterwarnings", "ignore:.*LeafSpec.*:FutureWarning")
+
+
+@pytest.fixture(scope="session")
+def fake_data(tmp_path_factory) -> dict:
+    """Tiny trees of the nine real datasets in the layouts of datasets.md, under one data root (built once)."""
+    from fake_trees import build_all
+
+    return build_all(tmp_path_factory.mktemp("fake_data") / "data")

@@ -8,12 +8,17 @@ import open_clip
 import pytest
 from conftest import CONFIG_DIR, PROJECT_ROOT, compose_config, path_overrides
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from orthoreg_pl.models import check_architecture
 from orthoreg_pl.modules import MODES, FineTuneModule
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+# experiments of merge.py override the protocol; the others are train.py's
+MERGE_EXPERIMENTS = [
+    e for e in EXPERIMENTS if "override /protocol" in (CONFIG_DIR / "experiment" / f"{e}.yaml").read_text()
+]
+TRAIN_EXPERIMENTS = [e for e in EXPERIMENTS if e not in MERGE_EXPERIMENTS]
 MODE_FILES = sorted(p.stem for p in (CONFIG_DIR / "mode").glob("*.yaml"))
 MODEL_FILES = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 DATASET_FILES = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
@@ -33,11 +38,29 @@ def test_config_groups_are_not_empty():
     assert EXPERIMENTS and len(MODE_FILES) >= 2 and MODEL_FILES and DATASET_FILES
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", TRAIN_EXPERIMENTS)
 def test_every_experiment_composes(experiment, paths):
     cfg = compose_config([f"experiment={experiment}", "dataset=digits", *paths])
     resolved = resolve_all(cfg)
     assert resolved["dataset"]["name"] == "Digits"
+
+
+@pytest.mark.parametrize("experiment", MERGE_EXPERIMENTS)
+def test_every_merge_experiment_composes(experiment, paths):
+    """python merge.py experiment=<name>: the protocol, the tasks and a merge method resolve."""
+    cfg = compose_config([f"experiment={experiment}", *paths], config_name="merge")
+    with open_dict(cfg):  # ${hydra:runtime.choices...} exists only inside the app
+        cfg.merge_method_name = "task_arithmetic"
+    resolved = resolve_all(cfg)
+    assert resolved["protocol"]["name"] in ("addition", "negation") and resolved["tasks"]
+    assert callable(instantiate(cfg.merge_method))
+    if experiment.endswith(("vitb32", "vitb16", "vitl14")):
+        assert resolved["tasks"] == ["Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SUN397", "SVHN"]
+    if resolved["protocol"]["name"] == "negation":
+        assert (
+            resolved["protocol"]["control"] in ("ImageNet", "Quadrants")
+            and resolved["protocol"]["threshold"] == 0.95
+        )
 
 
 @pytest.mark.parametrize("mode", MODE_FILES)

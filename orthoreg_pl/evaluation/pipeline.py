@@ -1,0 +1,229 @@
+"""One merge run from a composed config: runs -> task vectors -> merge -> α grid on Val -> test -> report.
+
+``merge.py`` is the Hydra shell around :func:`run_merge`.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from orthoreg_pl.data import TaskDataModule
+from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.evaluation.engine import MergeEvalModule, eval_loader, evaluate_alphas
+from orthoreg_pl.evaluation.protocols import (
+    check_alphas,
+    normalized_mean_curve,
+    select_addition_alpha,
+    select_negation_alpha,
+)
+from orthoreg_pl.evaluation.report import write_report
+from orthoreg_pl.models import (
+    ImageClassifier,
+    create_clip,
+    load_or_build_head,
+    preprocess_config,
+    pretrained_identity,
+)
+from orthoreg_pl.task_vectors import TaskVector, check_compatible, find_runs, load_run
+from orthoreg_pl.training import effective_lambda
+
+log = logging.getLogger(__name__)
+
+
+class MergeEvaluator:
+    """Builds the encoder, the heads and the loaders once; scores θ0 + α·τ on any (task, split)."""
+
+    def __init__(self, cfg: DictConfig, tasks: list[str]) -> None:
+        self.identity = pretrained_identity(cfg.model.pretrained, cfg.model.init_seed)
+        clip = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.model.init_seed, cfg.model.quick_gelu)
+        preprocess = preprocess_config(clip)
+        self.heads, self.loaders, self.checksums = {}, {}, {}
+        for task in tasks:
+            dm: TaskDataModule = instantiate(cfg.data, task=task)
+            dm.preprocess = preprocess
+            dm.setup("validate")
+            self.heads[task] = load_or_build_head(
+                clip,
+                cfg.model.arch,
+                self.identity,
+                task,
+                dm.classnames,
+                dm.task_data.templates,
+                cfg.paths.cache_dir,
+            )
+            batch, workers = cfg.data.eval_batch_size, cfg.data.num_workers
+            self.loaders[task] = {
+                "val": eval_loader(dm.val_set, batch, workers),
+                "test": eval_loader(dm.test_set, batch, workers),
+            }
+            self.checksums[task] = dm.checksum
+        self.module = MergeEvalModule(ImageClassifier(clip.visual, self.heads[tasks[0]]))
+        del clip  # the text tower is no longer needed
+        self.trainer: L.Trainer = instantiate(
+            cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, use_distributed_sampler=False
+        )
+
+    def accuracy(self, task: str, split: str, vector: TaskVector | None, alphas: list[float]) -> list[float]:
+        closed_form = vector is not None and vector.info is not None and vector.info.space == "tangent"
+        direction = None if vector is None else vector.tensors
+        return evaluate_alphas(
+            self.trainer,
+            self.module,
+            self.loaders[task][split],
+            self.heads[task],
+            direction,
+            alphas,
+            closed_form,
+        )
+
+
+def _load_vectors(cfg: DictConfig, tasks: list[str]) -> dict[str, TaskVector]:
+    lam = effective_lambda(cfg)
+    runs = find_runs(
+        cfg.paths.runs_dir, arch=cfg.model.arch, mode=cfg.mode.name, lam=lam, tasks=tasks, seed=cfg.seed
+    )
+    vectors = {task: load_run(runs[task]) for task in tasks}
+    check_compatible(list(vectors.values()))
+    expected = pretrained_identity(cfg.model.pretrained, cfg.model.init_seed)
+    for vector in vectors.values():
+        if vector.info.pretrained != expected:
+            raise OrthoRegError(
+                f"task vector {vector.info.source} was fine-tuned from {vector.info.pretrained!r}, "
+                f"but model.pretrained gives {expected!r}"
+            )
+    return vectors
+
+
+def _references(vectors: dict[str, TaskVector]) -> dict[str, dict]:
+    refs = {}
+    for task, vector in vectors.items():
+        accuracy = vector.info.meta.get("accuracy", {})
+        if not accuracy.get("finetuned"):
+            raise OrthoRegError(f"run {vector.info.source} has no fine-tuned accuracy in its meta.json")
+        refs[task] = {"zeroshot": accuracy.get("zeroshot"), "finetuned": accuracy["finetuned"]}
+    return refs
+
+
+def _inputs(vectors: dict[str, TaskVector]) -> dict[str, dict]:
+    return {
+        t: {
+            "path": v.info.source,
+            "checksum": v.info.checksum,
+            "mode": v.info.mode,
+            "lam": v.info.meta.get("ortho", {}).get("lam"),
+        }
+        for t, v in vectors.items()
+    }
+
+
+def _mean_row(per_task: dict[str, dict], columns: list[str]) -> dict:
+    return {c: statistics.fmean(r[c] for r in per_task.values() if r.get(c) is not None) for c in columns}
+
+
+def run_addition(
+    cfg: DictConfig, evaluator: MergeEvaluator, vectors: dict[str, TaskVector], alphas: list[float]
+) -> dict:
+    merged = instantiate(cfg.merge_method)(list(vectors.values()))
+    refs = _references(vectors)
+    val = {task: evaluator.accuracy(task, "val", merged, alphas) for task in vectors}
+    normalized = normalized_mean_curve(val, {t: refs[t]["finetuned"]["val"] for t in vectors})
+    best = select_addition_alpha(alphas, normalized)
+    alpha = alphas[best]
+    per_task = {}
+    for task in vectors:
+        test = evaluator.accuracy(task, "test", merged, [alpha])[0]
+        finetuned = refs[task]["finetuned"]["test"]
+        zeroshot = (refs[task]["zeroshot"] or {}).get("test")
+        per_task[task] = {"zeroshot": zeroshot, "finetuned": finetuned, "abs": test, "norm": test / finetuned}
+    columns = ["zeroshot", "finetuned", "abs", "norm"]
+    return {
+        "alphas": alphas,
+        "val_curves": {**val, "normalized mean": normalized},
+        "chosen_alpha": alpha,
+        "columns": columns,
+        "per_task": per_task,
+        "mean": _mean_row(per_task, columns),
+        "references": refs,
+    }
+
+
+def run_negation(
+    cfg: DictConfig, evaluator: MergeEvaluator, vectors: dict[str, TaskVector], alphas: list[float]
+) -> dict:
+    control = cfg.protocol.control
+    control_zeroshot = {s: evaluator.accuracy(control, s, None, [0.0])[0] for s in ("val", "test")}
+    if control_zeroshot["val"] <= 0:
+        raise OrthoRegError(
+            f"control task {control!r} has zero zero-shot validation accuracy: no reference to keep"
+        )
+    refs = _references(vectors)
+    negative = [-a for a in alphas]
+    per_task, curves = {}, {}
+    for task, vector in vectors.items():
+        target_val = evaluator.accuracy(task, "val", vector, negative)
+        control_val = evaluator.accuracy(control, "val", vector, negative)
+        best = select_negation_alpha(
+            alphas, target_val, control_val, control_zeroshot["val"], cfg.protocol.threshold
+        )
+        alpha = alphas[best]
+        curves[f"{task} target"], curves[f"{task} control"] = target_val, control_val
+        per_task[task] = {
+            "alpha": alpha,
+            "zeroshot": (refs[task]["zeroshot"] or {}).get("test"),
+            "target": evaluator.accuracy(task, "test", vector, [-alpha])[0],
+            "control": evaluator.accuracy(control, "test", vector, [-alpha])[0],
+        }
+    columns = ["alpha", "zeroshot", "target", "control"]
+    return {
+        "alphas": alphas,
+        "val_curves": curves,
+        "chosen_alpha": None,
+        "control": control,
+        "control_zeroshot": control_zeroshot,
+        "threshold": float(cfg.protocol.threshold),
+        "columns": columns,
+        "per_task": per_task,
+        "mean": _mean_row(per_task, columns),
+        "references": refs,
+    }
+
+
+PROTOCOLS = {"addition": run_addition, "negation": run_negation}
+
+
+def run_merge(cfg: DictConfig) -> dict:
+    """Score one protocol for one set of fine-tuned runs and write the report folder."""
+    name = cfg.protocol.name
+    if name not in PROTOCOLS:
+        raise OrthoRegError(f"protocol.name={name!r} is not supported; expected one of {sorted(PROTOCOLS)}")
+    alphas = check_alphas(cfg.protocol.alphas)
+    tasks = list(cfg.tasks)
+    if not tasks:
+        raise OrthoRegError("tasks is empty; expected the list of tasks whose task vectors to merge")
+    vectors = _load_vectors(cfg, tasks)
+    needed = tasks + ([cfg.protocol.control] if name == "negation" else [])
+    evaluator = MergeEvaluator(cfg, needed)
+    body = PROTOCOLS[name](cfg, evaluator, vectors, alphas)
+    first = next(iter(vectors.values())).info
+    report = {
+        "protocol": name,
+        "arch": cfg.model.arch,
+        "pretrained": evaluator.identity,
+        "mode": cfg.mode.name,
+        "lam": effective_lambda(cfg),
+        "task_vector_space": first.space,
+        "merge_method": cfg.merge_method_name,
+        "inputs": _inputs(vectors),
+        "split_checksums": evaluator.checksums,
+        **body,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if evaluator.trainer.is_global_zero:
+        write_report(cfg.paths.output_dir, report)
+        log.info("report written: %s", cfg.paths.output_dir)
+    return report

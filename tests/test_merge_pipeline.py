@@ -1,0 +1,129 @@
+"""merge.py end to end on the quickstart: task vectors of real (fast_dev_run) runs -> report folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT_ROOT, compose_config, path_overrides
+from omegaconf import open_dict
+
+from orthoreg_pl import OrthoRegError
+from orthoreg_pl.evaluation.pipeline import run_merge
+from orthoreg_pl.training import train
+from orthoreg_pl.utils.io import sha256_file
+
+TASKS = ["Digits", "Shapes"]
+ALPHAS = "protocol.alphas=[0.0,0.5,1.0]"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cache_dir):
+    """Two tasks fine-tuned for a few steps with standard_ortho, in one runs folder."""
+    tmp = tmp_path_factory.mktemp("merge_runs")
+    for task in TASKS:
+        cfg = compose_config(
+            [
+                "experiment=quickstart",
+                f"dataset={task.lower()}",
+                "mode=standard_ortho",
+                "logger=none",
+                "trainer.max_steps=3",
+                "trainer.limit_val_batches=1",
+                *path_overrides(tmp, cache_dir, output_dir=tmp / "runs" / task),
+            ]
+        )
+        train(cfg)
+    return tmp
+
+
+def merge_cfg(runs_dir, cache_dir, out, *extra):
+    cfg = compose_config(
+        [
+            f"tasks=[{','.join(TASKS)}]",
+            ALPHAS,
+            "mode=standard_ortho",
+            *path_overrides(runs_dir, cache_dir, output_dir=out),
+            f"paths.reports_dir={out.parent}",
+            *extra,
+        ],
+        config_name="merge",
+    )
+    with open_dict(cfg):  # ${hydra:runtime.choices.merge_method} exists only inside the app
+        cfg.merge_method_name = "task_arithmetic"
+    return cfg
+
+
+def test_addition_report(runs, cache_dir, tmp_path):
+    out = tmp_path / "report"
+    report = run_merge(merge_cfg(runs, cache_dir, out, "experiment=quickstart_addition"))
+    saved = json.loads((out / "report.json").read_text())
+    for key in (
+        "schema_version", "config", "inputs", "alphas", "val_curves", "chosen_alpha", "per_task", "mean",
+        "references", "split_checksums", "arch", "pretrained", "mode", "lam", "merge_method",
+    ):  # fmt: skip
+        assert key in saved, key
+    assert saved["alphas"] == [0.0, 0.5, 1.0] and saved["chosen_alpha"] in saved["alphas"]
+    for task in TASKS:
+        run = runs / "runs" / task
+        assert saved["inputs"][task]["checksum"] == sha256_file(run / "task_vector.safetensors")
+        assert len(saved["val_curves"][task]) == 3
+        row = saved["per_task"][task]
+        assert row["norm"] == pytest.approx(row["abs"] / row["finetuned"])
+        meta = json.loads((run / "meta.json").read_text())
+        assert row["finetuned"] == meta["accuracy"]["finetuned"]["test"]
+        assert saved["val_curves"][task][0] == pytest.approx(meta["accuracy"]["zeroshot"]["val"])  # α=0 is θ0
+    best = max(saved["val_curves"]["normalized mean"])
+    assert saved["chosen_alpha"] == saved["alphas"][saved["val_curves"]["normalized mean"].index(best)]
+    assert saved["config"]["protocol"]["name"] == "addition" and report["mean"] == saved["mean"]
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "report.csv", "alpha_curve.png"}
+    assert "| mean |" in (out / "report.md").read_text()
+    assert (out / "report.csv").read_text().splitlines()[0] == "task,zeroshot,finetuned,abs,norm"
+
+
+def test_negation_report(runs, cache_dir, tmp_path):
+    out = tmp_path / "report"
+    run_merge(merge_cfg(runs, cache_dir, out, "experiment=quickstart_negation"))
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["control"] == "Quadrants" and saved["threshold"] == 0.95
+    zs = saved["control_zeroshot"]["val"]
+    for task in TASKS:
+        row = saved["per_task"][task]
+        i = saved["alphas"].index(row["alpha"])
+        assert saved["val_curves"][f"{task} control"][i] >= 0.95 * zs
+        assert saved["val_curves"][f"{task} control"][0] == pytest.approx(zs)  # α = 0 is θ0
+
+
+def test_missing_run_is_a_clear_error(runs, cache_dir, tmp_path):
+    out = tmp_path / "report"
+    cfg = merge_cfg(runs, cache_dir, out, "experiment=quickstart_addition", "tasks=[Digits,Colors]")
+    with pytest.raises(OrthoRegError, match="Colors"):
+        run_merge(cfg)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_empty_alpha_grid_is_a_clear_error(runs, cache_dir, tmp_path):
+    cfg = merge_cfg(runs, cache_dir, tmp_path / "r", "experiment=quickstart_addition", "protocol.alphas=[]")
+    with pytest.raises(OrthoRegError, match="alphas"):
+        run_merge(cfg)
+
+
+def test_cli_truncated_task_vector(runs, cache_dir, tmp_path):
+    """A truncated task_vector.safetensors: exit status != 0, the file named, no traceback, no report."""
+    bad = tmp_path / "runs_copy"
+    subprocess.run(["cp", "-r", str(runs / "runs"), str(bad)], check=True)
+    tv = bad / "Shapes" / "task_vector.safetensors"
+    tv.write_bytes(tv.read_bytes()[:100])
+    out = tmp_path / "report"
+    env = {**os.environ, "ORTHOREG_CACHE_DIR": str(cache_dir)}
+    proc = subprocess.run(
+        [sys.executable, "merge.py", "experiment=quickstart_addition", "mode=standard_ortho", f"tasks=[{','.join(TASKS)}]",
+         f"paths.runs_dir={bad}", f"paths.reports_dir={tmp_path}", f"hydra.run.dir={out}"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert str(tv) in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert not out.exists()
