@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import logging
 import statistics
+from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from orthoreg_pl.data import TaskDataModule
@@ -21,7 +23,7 @@ from orthoreg_pl.evaluation.protocols import (
     select_addition_alpha,
     select_negation_alpha,
 )
-from orthoreg_pl.evaluation.report import write_report
+from orthoreg_pl.evaluation.report import rows, write_report
 from orthoreg_pl.models import (
     ImageClassifier,
     create_clip,
@@ -225,5 +227,30 @@ def run_merge(cfg: DictConfig) -> dict:
     }
     if evaluator.trainer.is_global_zero:
         write_report(cfg.paths.output_dir, report)
+        log_report(cfg, report)
         log.info("report written: %s", cfg.paths.output_dir)
     return report
+
+
+def log_report(cfg: DictConfig, report: dict) -> None:
+    """The report's table, its mean scores and the α plot, to the configured experiment loggers."""
+    for logger in (instantiate(c) for c in (cfg.logger or {}).values()):
+        first, second = ("abs", "norm") if report["protocol"] == "addition" else ("target", "control")
+        logger.log_metrics(
+            {
+                f"{report['protocol']}/mean_{first}": report["mean"][first],
+                f"{report['protocol']}/mean_{second}": report["mean"][second],
+            }
+        )
+        if isinstance(logger, WandbLogger):
+            columns = ["task", *report["columns"]]
+            logger.log_table(
+                key=f"{report['protocol']}/table",
+                columns=columns,
+                data=[[r.get(c) for c in columns] for r in rows(report)],
+            )
+            logger.log_image(
+                key=f"{report['protocol']}/alpha_curve",
+                images=[str(Path(cfg.paths.output_dir) / "alpha_curve.png")],
+            )
+        logger.finalize("success")
