@@ -1,8 +1,8 @@
-"""The Lightning DataModule: one task, the split rule, and open_clip's preprocessing."""
+"""The Lightning DataModule: one task, the split rule, open_clip's preprocessing, the eval cache."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -10,21 +10,30 @@ import open_clip
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from orthoreg_pl.data.eval_cache import CachedBatches, CachedEvalDataset, eval_cache_dataset
+from orthoreg_pl.data.files import fetch
 from orthoreg_pl.data.registry import TaskData, load_task
 from orthoreg_pl.data.splits import carve_validation, split_checksum
+from orthoreg_pl.errors import OrthoRegError
+
+PREPROCESS_KEYS = ("size", "mean", "std", "interpolation", "resize_mode")
 
 
 class TransformedDataset(Dataset):
-    """Applies an image transform to a dataset of (PIL.Image, label)."""
+    """Applies an image transform to a dataset of (PIL.Image, label).
 
-    def __init__(self, dataset: Dataset, transform: Callable) -> None:
-        self.dataset, self.transform = dataset, transform
+    An unreadable image stops with its path (``CorruptImageError``), or, with ``skip_corrupt``, is
+    logged as a warning and replaced by the next readable sample (see ``files.fetch``).
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable, skip_corrupt: bool = False) -> None:
+        self.dataset, self.transform, self.skip_corrupt = dataset, transform, skip_corrupt
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        image, label = self.dataset[i]
+        image, label = fetch(self.dataset, i, self.skip_corrupt)
         return self.transform(image.convert("RGB")), int(label)
 
 
@@ -48,7 +57,13 @@ class TaskDataModule(L.LightningDataModule):
     """Train/val carved from the task's train pool by the seed-0 rule; the test split is untouched.
 
     ``preprocess`` (image size, mean, std, interpolation) comes from the model being trained, so it is
-    set after the model is built; the class names are available before (``task_data``).
+    set after the model is built; the class names are available before (``task_data``). Entries of
+    ``preprocess_overrides`` that are not None replace the model's (``data.preprocess_overrides.size=256``).
+
+    ``eval_cache``: val and test images are decoded, resized and cropped once into a memory-mapped file
+    under ``eval_cache_dir`` (default ``cache_dir/eval``) and read from it afterwards (eval_cache.py);
+    training data is never cached. ``skip_corrupt_images``: an unreadable image is skipped with a
+    logged warning instead of stopping the run with its path.
     """
 
     def __init__(
@@ -62,12 +77,20 @@ class TaskDataModule(L.LightningDataModule):
         split_seed: int = 0,
         train_scale: tuple[float, float] = (0.9, 1.0),
         preprocess: dict | None = None,
+        preprocess_overrides: Mapping | None = None,
+        eval_cache: bool = True,
+        eval_cache_dir: str | Path | None = None,
+        skip_corrupt_images: bool = False,
     ) -> None:
         super().__init__()
         self.task, self.data_root, self.cache_dir = task, Path(data_root), Path(cache_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.split_seed, self.train_scale = num_workers, split_seed, tuple(train_scale)
         self.preprocess = preprocess
+        self.preprocess_overrides = _plain_overrides(preprocess_overrides or {})
+        self.eval_cache = bool(eval_cache)
+        self.eval_cache_dir = Path(eval_cache_dir) if eval_cache_dir else self.cache_dir / "eval"
+        self.skip_corrupt_images = bool(skip_corrupt_images)
         self._task_data: TaskData | None = None
         self.train_set = self.val_set = self.test_set = None
         self.checksum: str | None = None
@@ -82,13 +105,16 @@ class TaskDataModule(L.LightningDataModule):
     def classnames(self) -> list[str]:
         return self.task_data.classnames
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def resolved_preprocess(self) -> dict:
+        """The model's preprocessing with the user's overrides applied."""
         if self.preprocess is None:
             raise RuntimeError("TaskDataModule.preprocess must be set (from the model) before setup")
+        return {**self.preprocess, **self.preprocess_overrides}
+
+    def splits(self) -> tuple[Dataset, Dataset, Dataset, str]:
+        """(train, val, test) of (PIL.Image, label) and the split checksum: val carved by the seed-0 rule
+        unless the task ships its own (EuroSAT); the test split untouched."""
         data = self.task_data
-        train_tf, eval_tf = clip_transforms(self.preprocess, self.train_scale)
         if data.val is None:
             train_idx, val_idx = carve_validation(len(data.train_pool), self.split_seed)
             train, val = (
@@ -98,26 +124,85 @@ class TaskDataModule(L.LightningDataModule):
         else:
             train_idx, val_idx = torch.arange(len(data.train_pool)), None
             train, val = data.train_pool, data.val
-        self.checksum = split_checksum(train_idx, val_idx, len(data.test))
-        self.train_set = TransformedDataset(train, train_tf)
-        self.val_set = TransformedDataset(val, eval_tf)
-        self.test_set = TransformedDataset(data.test, eval_tf)
+        return train, val, data.test, split_checksum(train_idx, val_idx, len(data.test))
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _eval_set(self, split: str, source: Dataset, transform: Callable, checksum: str) -> Dataset:
+        if self.eval_cache:
+            cached = eval_cache_dataset(
+                task=self.task,
+                split=split,
+                dataset=source,
+                transform=transform,
+                image_size=self.resolved_preprocess()["size"],
+                checksum=checksum,
+                cache_dir=self.eval_cache_dir,
+                num_workers=self.num_workers,
+                skip_corrupt=self.skip_corrupt_images,
+            )
+            if cached is not None:
+                return cached
+        return TransformedDataset(source, transform, self.skip_corrupt_images)
+
+    def prepare_data(self) -> None:
+        """Build the eval caches once per node (Lightning runs this on local rank 0 before setup)."""
+        if self.eval_cache and self.preprocess is not None and self.val_set is None:
+            _, eval_tf = clip_transforms(self.resolved_preprocess(), self.train_scale)
+            _, val, test, checksum = self.splits()
+            self._eval_set("val", val, eval_tf, checksum)
+            self._eval_set("test", test, eval_tf, checksum)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train_tf, eval_tf = clip_transforms(self.resolved_preprocess(), self.train_scale)
+        train, val, test, self.checksum = self.splits()
+        self.train_set = TransformedDataset(train, train_tf, self.skip_corrupt_images)  # never cached
+        self.val_set = self._eval_set("val", val, eval_tf, self.checksum)
+        self.test_set = self._eval_set("test", test, eval_tf, self.checksum)
+
+    def train_dataloader(self) -> DataLoader:
         return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,  # a RandomSampler draws a new permutation every epoch
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,  # a RandomSampler draws a new permutation every epoch
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
-
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return eval_dataloader(self.val_set, self.eval_batch_size, self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return eval_dataloader(self.test_set, self.eval_batch_size, self.num_workers)
+
+
+def eval_dataloader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """Sequential batches of an eval split; a cached split is read a whole batch at a time
+    (same batches, same order, same tensors as sample by sample, without the collate copy)."""
+    if isinstance(dataset, CachedEvalDataset):
+        dataset, batch_size = CachedBatches(dataset, batch_size), None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _plain_overrides(overrides: Mapping) -> dict:
+    """Non-null overrides as plain Python values (Hydra passes DictConfig/ListConfig)."""
+    unknown = sorted(set(overrides) - set(PREPROCESS_KEYS))
+    if unknown:
+        raise OrthoRegError(
+            f"data.preprocess_overrides has unknown keys {unknown}; expected some of {list(PREPROCESS_KEYS)}"
+        )
+    plain = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        is_list = isinstance(value, Sequence) and not isinstance(value, str)
+        plain[key] = tuple(value) if is_list else value
+    return plain
