@@ -34,26 +34,36 @@ def trainer() -> L.Trainer:
     )  # fmt: skip
 
 
-def datamodule(task: str, cache: str, preprocess: dict) -> TaskDataModule:
+def datamodule(task: str, cache: str, preprocess: dict, workers: int) -> TaskDataModule:
     dm = TaskDataModule(
-        task, data_root=cache, cache_dir=cache, num_workers=0, eval_batch_size=256, preprocess=preprocess
+        task,
+        data_root=cache,
+        cache_dir=cache,
+        num_workers=workers,
+        eval_batch_size=256,
+        preprocess=preprocess,
     )
     dm.setup("validate")
     return dm
 
 
 def pipeline(
-    cache: str, direction: dict, alphas: list[float], module_cls=MergeEvalModule, closed_form=False
+    cache: str,
+    direction: dict,
+    alphas: list[float],
+    module_cls=MergeEvalModule,
+    closed_form=False,
+    workers: int = 0,
 ) -> dict:
     clip = create_clip(TINY_ARCH, None)
     preprocess = preprocess_config(clip)
     heads, loaders = {}, {}
     for task in QUICKSTART_TASKS:
-        dm = datamodule(task, cache, preprocess)
+        dm = datamodule(task, cache, preprocess, workers)
         heads[task] = load_or_build_head(
             clip, TINY_ARCH, ID, task, dm.classnames, dm.task_data.templates, cache
         )
-        loaders[task] = eval_loader(dm.val_set, 256)
+        loaders[task] = eval_loader(dm.val_set, 256, workers)
     module, tr = module_cls(ImageClassifier(clip.visual, heads[QUICKSTART_TASKS[0]])), trainer()
     return {
         t: evaluate_alphas(tr, module, loaders[t], heads[t], direction, alphas, closed_form)
@@ -62,12 +72,12 @@ def pipeline(
 
 
 @torch.no_grad()
-def rebuild(cache: str, direction: dict, alphas: list[float]) -> dict:
+def rebuild(cache: str, direction: dict, alphas: list[float], workers: int = 0) -> dict:
     out = {t: [] for t in QUICKSTART_TASKS}
     for alpha in alphas:
         for task in QUICKSTART_TASKS:
             clip = create_clip(TINY_ARCH, None)
-            dm = datamodule(task, cache, preprocess_config(clip))
+            dm = datamodule(task, cache, preprocess_config(clip), workers)
             head = load_or_build_head(None, TINY_ARCH, ID, task, dm.classnames, dm.task_data.templates, cache)
             model = ImageClassifier(clip.visual, head).eval()
             for name, tau in direction.items():
@@ -91,7 +101,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--cache", default=None, help="cache folder (default: a temporary one)")
+    parser.add_argument(
+        "--num-workers", type=int, default=0, help="data-loader workers, both ways (configs: 4)"
+    )
     args = parser.parse_args()
+    w = args.num_workers
     alphas = list(DEFAULT_ALPHAS)
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or tmp
@@ -100,12 +114,16 @@ def main() -> None:
         shapes = {n: p.shape for n, p in create_clip(TINY_ARCH, None).visual.named_parameters()}
         direction = {f"visual.{n}": 0.02 * torch.randn(shapes[n], generator=g) for n in names}
         pipeline(cache, direction, [0.0])  # warm-up: generates the data and the heads once for both
-        t_pipe, acc_pipe = timed(pipeline, cache, direction, alphas)
-        t_rebuild, acc_rebuild = timed(rebuild, cache, direction, alphas)
-        t_closed, acc_closed = timed(pipeline, cache, direction, alphas, closed_form=True)
-        t_direct, acc_direct = timed(pipeline, cache, direction, alphas, module_cls=TangentDirectModule)
+        t_pipe, acc_pipe = timed(pipeline, cache, direction, alphas, workers=w)
+        t_rebuild, acc_rebuild = timed(rebuild, cache, direction, alphas, workers=w)
+        t_closed, acc_closed = timed(pipeline, cache, direction, alphas, closed_form=True, workers=w)
+        t_direct, acc_direct = timed(
+            pipeline, cache, direction, alphas, module_cls=TangentDirectModule, workers=w
+        )
     n_val = "4 quickstart tasks' val splits"
-    print(f"21-point task addition, tiny ViT on the CPU ({torch.get_num_threads()} threads), {n_val}")
+    print(
+        f"21-point task addition, tiny ViT on the CPU ({torch.get_num_threads()} threads), {n_val}, {w} loader workers"
+    )
     print(f"  pipeline (build once, in place) {t_pipe:8.2f} s")
     print(
         f"  rebuild per α (reference way)   {t_rebuild:8.2f} s   ratio {t_rebuild / t_pipe:.1f}x  (target >= 5x)"

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.func import functional_call, jvp
 from torch.utils.data import DataLoader, Dataset
 
+from orthoreg_pl.data.eval_cache import CachedBatches, CachedEvalDataset
 from orthoreg_pl.evaluation.metrics import AlphaAccuracy, accuracies
 from orthoreg_pl.evaluation.sampler import UnpaddedDistributedSampler
 from orthoreg_pl.models.classifier import ImageClassifier
@@ -129,7 +130,15 @@ class TangentDirectModule(MergeEvalModule):
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """A loader built once per (task, split) and shared by every α and every merge."""
+    """A loader built once per (task, split) and shared by every α and every merge.
+
+    A split in the eval cache is read a whole batch at a time (no per-sample tensors, no collate);
+    either way the shards of :class:`UnpaddedDistributedSampler` (of samples, or of whole batches)
+    give every sample to exactly one process.
+    """
+    if isinstance(dataset, CachedEvalDataset):
+        batches = CachedBatches(dataset, batch_size)
+        dataset, batch_size = batches, None
     return DataLoader(
         dataset,
         batch_size=batch_size,
