@@ -111,8 +111,9 @@ class MergeEvalModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.result = self.metric.compute()  # counts, already summed over processes
         self.write_weights(0.0)  # leave θ0 in place
-        for i, count in enumerate(self.result):  # logged so that they also come back from spawned processes
-            self.log(f"count/{i}", count.float(), sync_dist=False)  # integers: exact in float32 below 2**24
+        if self.trainer.world_size > 1:  # logged so that they also come back from spawned processes
+            for i, count in enumerate(self.result):
+                self.log(f"count/{i}", count.float(), sync_dist=False)  # integers: exact in float32 below 2**24
 
 
 class TangentDirectModule(MergeEvalModule):
