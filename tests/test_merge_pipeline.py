@@ -127,3 +127,39 @@ def test_cli_truncated_task_vector(runs, cache_dir, tmp_path):
     assert proc.returncode != 0
     assert str(tv) in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert not out.exists()
+
+
+def test_single_task_reproduces_the_runs(runs, cache_dir, tmp_path):
+    """θ0 + τ evaluated from the stored task vector scores what the run itself measured; the zero-shot
+    references land next to the runs and are reused."""
+    out = tmp_path / "report"
+    report = run_merge(
+        merge_cfg(runs, cache_dir, out, "experiment=quickstart_addition", "protocol=single_task")
+    )
+    zeroshot_file = runs / "runs" / "orthoreg-tiny-vit" / "zeroshot.json"
+    assert zeroshot_file.is_file()
+    for task in TASKS:
+        meta = json.loads((runs / "runs" / task / "meta.json").read_text())
+        row = report["per_task"][task]
+        assert row["finetuned_test"] == pytest.approx(
+            meta["accuracy"]["finetuned"]["test"], abs=1e-6
+        )  # meta holds float32 accuracies; one sample is >= 2e-5
+        assert row["finetuned_val"] == pytest.approx(
+            meta["accuracy"]["finetuned"]["val"], abs=1e-6
+        )  # meta holds float32 accuracies; one sample is >= 2e-5
+        assert row["zeroshot_val"] == pytest.approx(
+            meta["accuracy"]["zeroshot"]["val"], abs=1e-6
+        )  # meta holds float32 accuracies; one sample is >= 2e-5
+    stored = json.loads(
+        (runs / "runs" / "orthoreg-tiny-vit" / "standard_ortho_lam0.1" / "single_task_seed0.json").read_text()
+    )
+    assert stored["per_task"] == report["per_task"]
+    before = zeroshot_file.read_bytes()
+    run_merge(
+        merge_cfg(
+            runs, cache_dir, tmp_path / "again", "experiment=quickstart_negation", "protocol.alphas=[0.0,1.0]"
+        )
+    )
+    table = json.loads(zeroshot_file.read_text())
+    assert all(k in table for k in json.loads(before))  # earlier references kept and reused
+    assert any("|Quadrants|" in k for k in table)  # the control's reference added

@@ -113,7 +113,9 @@ class MergeEvalModule(L.LightningModule):
         self.write_weights(0.0)  # leave θ0 in place
         if self.trainer.world_size > 1:  # logged so that they also come back from spawned processes
             for i, count in enumerate(self.result):
-                self.log(f"count/{i}", count.float(), sync_dist=False)  # integers: exact in float32 below 2**24
+                self.log(
+                    f"count/{i}", count.float(), sync_dist=False
+                )  # integers: exact in float32 below 2**24
 
 
 class TangentDirectModule(MergeEvalModule):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from pathlib import Path
@@ -33,8 +34,10 @@ from orthoreg_pl.models import (
 )
 from orthoreg_pl.task_vectors import TaskVector, check_compatible, find_runs, load_run
 from orthoreg_pl.training import effective_lambda
+from orthoreg_pl.utils.io import write_json
 
 log = logging.getLogger(__name__)
+ZEROSHOT_FILE = "zeroshot.json"
 
 
 class MergeEvaluator:
@@ -158,7 +161,7 @@ def run_negation(
     cfg: DictConfig, evaluator: MergeEvaluator, vectors: dict[str, TaskVector], alphas: list[float]
 ) -> dict:
     control = cfg.protocol.control
-    control_zeroshot = {s: evaluator.accuracy(control, s, None, [0.0])[0] for s in ("val", "test")}
+    control_zeroshot = zeroshot_reference(cfg, evaluator, control)
     if control_zeroshot["val"] <= 0:
         raise OrthoRegError(
             f"control task {control!r} has zero zero-shot validation accuracy: no reference to keep"
@@ -195,7 +198,51 @@ def run_negation(
     }
 
 
-PROTOCOLS = {"addition": run_addition, "negation": run_negation}
+def zeroshot_reference(cfg: DictConfig, evaluator: MergeEvaluator, task: str) -> dict[str, float]:
+    """Zero-shot val/test accuracy of θ0 on ``task``: computed once, stored next to the runs
+    (``<runs_dir>/<arch>/zeroshot.json``, keyed by pretrained weights, task and split) and reused."""
+    path = Path(cfg.paths.runs_dir) / cfg.model.arch / ZEROSHOT_FILE
+    key = f"{evaluator.identity}|{task}|{evaluator.checksums[task]}"
+    try:
+        table = json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError as err:
+        raise OrthoRegError(
+            f"zero-shot reference file {path} is corrupt ({err}); delete it to recompute"
+        ) from err
+    if key not in table:
+        table[key] = {s: evaluator.accuracy(task, s, None, [0.0])[0] for s in ("val", "test")}
+        if evaluator.trainer.is_global_zero:
+            write_json(path, dict(sorted(table.items())))
+    return table[key]
+
+
+def run_single_task(
+    cfg: DictConfig, evaluator: MergeEvaluator, vectors: dict[str, TaskVector], alphas: list[float]
+) -> dict:
+    """Zero-shot (θ0) and fine-tuned (θ0 + τ) top-1 on XVal and X-test of every task, evaluated from the
+    task vectors; stored as JSON next to the runs. The runs' own numbers are kept beside for comparison."""
+    per_task = {}
+    for task, vector in vectors.items():
+        zeroshot = zeroshot_reference(cfg, evaluator, task)
+        finetuned = {s: evaluator.accuracy(task, s, vector, [1.0])[0] for s in ("val", "test")}
+        recorded = vector.info.meta.get("accuracy", {}).get("finetuned") or {}
+        per_task[task] = {
+            "zeroshot_val": zeroshot["val"],
+            "zeroshot_test": zeroshot["test"],
+            "finetuned_val": finetuned["val"],
+            "finetuned_test": finetuned["test"],
+            "run_finetuned_test": recorded.get("test"),
+        }
+    columns = ["zeroshot_val", "zeroshot_test", "finetuned_val", "finetuned_test", "run_finetuned_test"]
+    body = {"alphas": [1.0], "val_curves": {}, "chosen_alpha": None, "columns": columns, "per_task": per_task}
+    body["mean"] = _mean_row(per_task, columns)
+    if evaluator.trainer.is_global_zero:
+        folder = Path(cfg.paths.runs_dir) / cfg.model.arch / cfg.mode.tag
+        write_json(folder / f"single_task_seed{cfg.seed}.json", {"inputs": _inputs(vectors), **body})
+    return body
+
+
+PROTOCOLS = {"addition": run_addition, "negation": run_negation, "single_task": run_single_task}
 
 
 def run_merge(cfg: DictConfig) -> dict:
@@ -208,7 +255,8 @@ def run_merge(cfg: DictConfig) -> dict:
     if not tasks:
         raise OrthoRegError("tasks is empty; expected the list of tasks whose task vectors to merge")
     vectors = _load_vectors(cfg, tasks)
-    needed = tasks + ([cfg.protocol.control] if name == "negation" else [])
+    control = cfg.protocol.get("control")
+    needed = tasks + ([control] if name == "negation" and control not in tasks else [])
     evaluator = MergeEvaluator(cfg, needed)
     body = PROTOCOLS[name](cfg, evaluator, vectors, alphas)
     first = next(iter(vectors.values())).info
@@ -234,23 +282,14 @@ def run_merge(cfg: DictConfig) -> dict:
 
 def log_report(cfg: DictConfig, report: dict) -> None:
     """The report's table, its mean scores and the α plot, to the configured experiment loggers."""
+    protocol = report["protocol"]
     for logger in (instantiate(c) for c in (cfg.logger or {}).values()):
-        first, second = ("abs", "norm") if report["protocol"] == "addition" else ("target", "control")
-        logger.log_metrics(
-            {
-                f"{report['protocol']}/mean_{first}": report["mean"][first],
-                f"{report['protocol']}/mean_{second}": report["mean"][second],
-            }
-        )
+        logger.log_metrics({f"{protocol}/mean_{k}": v for k, v in report["mean"].items()})
         if isinstance(logger, WandbLogger):
             columns = ["task", *report["columns"]]
-            logger.log_table(
-                key=f"{report['protocol']}/table",
-                columns=columns,
-                data=[[r.get(c) for c in columns] for r in rows(report)],
-            )
-            logger.log_image(
-                key=f"{report['protocol']}/alpha_curve",
-                images=[str(Path(cfg.paths.output_dir) / "alpha_curve.png")],
-            )
+            data = [[r.get(c) for c in columns] for r in rows(report)]
+            logger.log_table(key=f"{protocol}/table", columns=columns, data=data)
+            plot = Path(cfg.paths.output_dir) / "alpha_curve.png"
+            if plot.exists():
+                logger.log_image(key=f"{protocol}/alpha_curve", images=[str(plot)])
         logger.finalize("success")

@@ -42,6 +42,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['task']} | " + " | ".join(cells) + " |")
     if report["protocol"] == "addition":
         note = "Test accuracies in %; norm = merged / fine-tuned (same mode), abs = merged."
+    elif report["protocol"] == "single_task":
+        note = "Top-1 in %: zero-shot θ0 and fine-tuned θ0 + τ evaluated from the task vectors; run_finetuned_test = the run's own figure."
     else:
         note = (
             f"Test accuracies in %; target = the negated task (lower is better), control = {report['control']} "
@@ -83,5 +85,6 @@ def write_report(report_dir: str | Path, report: dict) -> None:
     report_dir = Path(report_dir)
     write_text(report_dir / "report.md", markdown(report))
     write_text(report_dir / "report.csv", csv_text(report))
-    plot(report, report_dir / "alpha_curve.png")
+    if report["val_curves"]:  # single_task has no α curve
+        plot(report, report_dir / "alpha_curve.png")
     write_json(report_dir / "report.json", {"schema_version": REPORT_SCHEMA_VERSION, **report})
