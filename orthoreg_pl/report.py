@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "folders", type=Path, nargs="+", help="folders searched recursively for meta.json / report.json"
     )
     args = parser.parse_args(argv)
-    console = Console(width=max(120, Console().width))
+    console = Console(width=max(160, Console().width))
     found = False
     for folder in args.folders:
         metas, reports = collect_runs(folder), collect_reports(folder)

@@ -79,6 +79,22 @@ def make_classifier(init_seed: int = 0, num_classes: int = 5, head_seed: int = 1
     return ImageClassifier(clip.visual, head)
 
 
+def cpu_trainer(**kwargs):
+    """A quiet single-process CPU Trainer (no logger, checkpoints, bars or summary); kwargs override."""
+    import lightning as L
+
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
 def fixed_batches(num_batches: int = 1, batch_size: int = 4, num_classes: int = 5, seed: int = 7):
     """A TensorDataset of ``num_batches * batch_size`` fixed images/labels for the tiny model."""
     g = torch.Generator().manual_seed(seed)

@@ -7,7 +7,7 @@ import itertools
 import lightning as L
 import pytest
 import torch
-from conftest import make_classifier
+from conftest import cpu_trainer, make_classifier
 from torch.utils.data import TensorDataset
 
 from orthoreg_pl import OrthoRegError
@@ -65,17 +65,8 @@ def test_alpha_grid_checks():
 ALPHAS = [0.0, 0.3, 0.7, 1.0]
 
 
-def cpu_trainer(devices: int = 1, strategy: str = "auto") -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy=strategy,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        use_distributed_sampler=False,
-    )
+def eval_trainer(devices: int = 1, strategy: str = "auto") -> L.Trainer:
+    return cpu_trainer(devices=devices, strategy=strategy, use_distributed_sampler=False)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +104,7 @@ def accuracy_by_rebuilding(dataset, direction, alpha, linearized=False) -> float
 def test_in_place_merging_equals_rebuilding(data, direction):
     module = MergeEvalModule(make_classifier())
     head = module.model.head.weight.clone()
-    got = evaluate_alphas(cpu_trainer(), module, eval_loader(data, 8), head, direction, ALPHAS)
+    got = evaluate_alphas(eval_trainer(), module, eval_loader(data, 8), head, direction, ALPHAS)
     want = [accuracy_by_rebuilding(data, direction, a) for a in ALPHAS]
     assert got == want
     assert len(set(got)) > 1  # the direction really changes predictions
@@ -125,9 +116,9 @@ def test_in_place_merging_equals_rebuilding(data, direction):
 def test_negative_alphas_and_no_direction(data, direction):
     module = MergeEvalModule(make_classifier())
     head = module.model.head.weight.clone()
-    got = evaluate_alphas(cpu_trainer(), module, eval_loader(data, 8), head, direction, [-1.0, -0.5])
+    got = evaluate_alphas(eval_trainer(), module, eval_loader(data, 8), head, direction, [-1.0, -0.5])
     assert got == [accuracy_by_rebuilding(data, direction, a) for a in (-1.0, -0.5)]
-    zero_shot = evaluate_alphas(cpu_trainer(), module, eval_loader(data, 8), head, None, [0.0, 0.5])
+    zero_shot = evaluate_alphas(eval_trainer(), module, eval_loader(data, 8), head, None, [0.0, 0.5])
     assert zero_shot == [accuracy_by_rebuilding(data, {}, 0.0)] * 2
 
 
@@ -150,8 +141,8 @@ def test_linear_closed_form_equals_direct_evaluation(data):
             slow.append(direct.model.head(linearized_forward(direct.model.visual, visual0, images)))
     assert (fast - torch.stack(slow)).abs().max() <= 1e-5
     loader = eval_loader(data, 8)
-    acc_closed = evaluate_alphas(cpu_trainer(), closed, loader, head, tau, ALPHAS, closed_form=True)
-    acc_direct = evaluate_alphas(cpu_trainer(), direct, loader, head, tau, ALPHAS)
+    acc_closed = evaluate_alphas(eval_trainer(), closed, loader, head, tau, ALPHAS, closed_form=True)
+    acc_direct = evaluate_alphas(eval_trainer(), direct, loader, head, tau, ALPHAS)
     assert acc_closed == acc_direct == [accuracy_by_rebuilding(data, tau, a, linearized=True) for a in ALPHAS]
 
 
@@ -162,7 +153,7 @@ def test_ddp_two_processes_equal_single_process(data, direction):
     for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
         module = MergeEvalModule(make_classifier())
         results[devices] = evaluate_alphas(
-            cpu_trainer(devices, strategy), module, eval_loader(data, 8), head, direction, ALPHAS
+            eval_trainer(devices, strategy), module, eval_loader(data, 8), head, direction, ALPHAS
         )
     assert results[2] == results[1]
 

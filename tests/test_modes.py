@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import lightning as L
 import open_clip
 import pytest
 import torch
-from conftest import fixed_batches, make_classifier
+from conftest import cpu_trainer, fixed_batches, make_classifier
 from torch.utils.data import DataLoader
 
 from orthoreg_pl.models.linearized import linearized_forward
@@ -24,16 +23,7 @@ X = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 
 def one_step(module, steps: int = 1) -> None:
     loader = DataLoader(fixed_batches(steps, batch_size=4), batch_size=4)
-    L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        gradient_clip_val=1.0,
-    ).fit(module, loader)
+    cpu_trainer(max_steps=steps, limit_val_batches=0, gradient_clip_val=1.0).fit(module, loader)
 
 
 # ---- linearized ---------------------------------------------------------------------------------------

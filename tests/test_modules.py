@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import cpu_trainer as conftest_cpu_trainer
 from conftest import fixed_batches, make_classifier
 from torch.utils.data import DataLoader
 
@@ -24,17 +25,7 @@ TINY_PENALIZED = {"visual.positional_embedding", "visual.proj"} | {
 
 
 def cpu_trainer(**kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
+    return conftest_cpu_trainer(limit_val_batches=0, **kwargs)  # training only
 
 
 def test_modes_registry():

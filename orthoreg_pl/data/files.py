@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,10 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
+from orthoreg_pl.data.layouts import Layout
+from orthoreg_pl.data.registry import TaskData
 from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.models.heads import load_prompts
 
 log = logging.getLogger(__name__)
 
@@ -211,3 +214,19 @@ def _few(names: Sequence[str], k: int = 5) -> str:
     if not names:
         return "none"
     return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def folder_pair_task(
+    layout: Layout, data_root: Path, train: str, test: str, classname: Callable[[str], str]
+) -> TaskData:
+    """A task stored as two ImageFolder trees with the same class folders (DTD, SUN397): the train
+    pool under ``train``, the test set under ``test``; class names derived from the folder names."""
+    base = require_dir(layout.task, data_root / layout.folder, "dataset folder", layout.expects)
+    folders, train_pool = image_folder(layout.task, base / train, layout.num_classes, layout.expects)
+    _, test_set = image_folder(layout.task, base / test, layout.num_classes, layout.expects, classes=folders)
+    return TaskData(
+        train_pool=train_pool,
+        test=test_set,
+        classnames=[classname(f) for f in folders],
+        templates=load_prompts()[layout.task]["templates"],
+    )

@@ -6,24 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orthoreg_pl.data.files import image_folder, require_dir
+from orthoreg_pl.data.files import folder_pair_task
 from orthoreg_pl.data.layouts import LAYOUTS
 from orthoreg_pl.data.registry import TaskData, TaskSpec, register_task
-from orthoreg_pl.models.heads import load_prompts
 
 LAYOUT = LAYOUTS["SUN397"]
 
 
 def load_sun397(data_root: Path, cache_dir: Path) -> TaskData:
-    base = require_dir(LAYOUT.task, data_root / LAYOUT.folder, "dataset folder", LAYOUT.expects)
-    folders, train = image_folder(LAYOUT.task, base / "train", LAYOUT.num_classes, LAYOUT.expects)
-    _, test = image_folder(LAYOUT.task, base / "val", LAYOUT.num_classes, LAYOUT.expects, classes=folders)
-    return TaskData(
-        train_pool=train,
-        test=test,
-        classnames=[f[2:].replace("_", " ") for f in folders],
-        templates=load_prompts()["SUN397"]["templates"],
-    )
+    return folder_pair_task(LAYOUT, data_root, "train", "val", classname=lambda f: f[2:].replace("_", " "))
 
 
 register_task(

@@ -87,8 +87,7 @@ class MergeEvaluator:
         )
 
 
-def _load_vectors(cfg: DictConfig, tasks: list[str]) -> dict[str, TaskVector]:
-    lam = effective_lambda(cfg)
+def _load_vectors(cfg: DictConfig, tasks: list[str], lam: float) -> dict[str, TaskVector]:
     runs = find_runs(
         cfg.paths.runs_dir, arch=cfg.model.arch, mode=cfg.mode.name, lam=lam, tasks=tasks, seed=cfg.seed
     )
@@ -254,7 +253,8 @@ def run_merge(cfg: DictConfig) -> dict:
     tasks = list(cfg.tasks)
     if not tasks:
         raise OrthoRegError("tasks is empty; expected the list of tasks whose task vectors to merge")
-    vectors = _load_vectors(cfg, tasks)
+    lam = effective_lambda(cfg)
+    vectors = _load_vectors(cfg, tasks, lam)
     control = cfg.protocol.get("control")
     needed = tasks + ([control] if name == "negation" and control not in tasks else [])
     evaluator = MergeEvaluator(cfg, needed)
@@ -265,7 +265,7 @@ def run_merge(cfg: DictConfig) -> dict:
         "arch": cfg.model.arch,
         "pretrained": evaluator.identity,
         "mode": cfg.mode.name,
-        "lam": effective_lambda(cfg),
+        "lam": lam,
         "task_vector_space": first.space,
         "merge_method": cfg.merge_method_name,
         "inputs": _inputs(vectors),
