@@ -181,3 +181,42 @@ def test_penalty_at_initialisation_is_shape_formula(cls):
     module = cls(make_classifier(), lam=1.0)
     shapes = [tuple(d.shape) for d in module.penalty_deltas()]
     assert module.penalty().item() == pytest.approx(penalty_at_zero(shapes), rel=1e-6)
+
+
+def test_lean_jvp_rules_match_torch_and_keep_names():
+    """The lean LayerNorm/GELU forward-mode rules give torch's linearized outputs and gradients
+    (float64), keep parameter names, and leave the ordinary forward bit-identical."""
+    import copy
+
+    from orthoreg_pl.models.lean_jvp import LeanActivation, LeanLayerNorm, make_jvp_lean
+
+    base = make_classifier().double()
+    lean = make_jvp_lean(copy.deepcopy(base))
+    assert any(isinstance(m, LeanLayerNorm) for m in lean.modules())
+    assert any(isinstance(m, LeanActivation) for m in lean.modules())
+    assert [n for n, _ in lean.named_parameters()] == [n for n, _ in base.named_parameters()]
+    x = X.double()
+    with torch.no_grad():
+        assert torch.equal(base(x), lean(x))
+    theta0 = {n: p.detach().clone() for n, p in base.visual.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    delta = {n: 1e-2 * torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in theta0.items()}
+    outs, grads = [], []
+    for model in (base, lean):
+        with torch.no_grad():
+            for n, p in model.visual.named_parameters():
+                p.copy_(theta0[n] + delta[n])
+        out = linearized_forward(model.visual, theta0, x)
+        out.pow(2).sum().backward()
+        outs.append(out.detach())
+        grads.append({n: p.grad for n, p in model.visual.named_parameters()})
+    assert (outs[0] - outs[1]).abs().max() <= 1e-12
+    assert all((grads[0][n] - grads[1][n]).abs().max() <= 1e-10 for n in grads[0])
+
+
+def test_quick_gelu_slope():
+    from orthoreg_pl.models.lean_jvp import quick_gelu_slope
+
+    x = torch.linspace(-4, 4, 101, dtype=torch.float64, requires_grad=True)
+    (want,) = torch.autograd.grad((x * torch.sigmoid(1.702 * x)).sum(), x)
+    assert torch.allclose(quick_gelu_slope(x.detach()), want, atol=1e-12)

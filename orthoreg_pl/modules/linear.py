@@ -2,11 +2,15 @@
 
 θ (all image-tower parameters) trains from θ0; the encoder is f(θ0; x) + J f(θ0; x)·(θ − θ0). θ0 is
 the base module's non-persistent buffers, so nothing is copied per step. The task vector θ − θ0
-lives in tangent space and is evaluated with the same linearized forward.
+lives in tangent space and is evaluated with the same linearized forward. LayerNorms and activations
+use the lean forward-mode rules of :mod:`orthoreg_pl.models.lean_jvp` (same values, about a third
+less activation memory kept for the backward pass).
 """
 
 from torch import Tensor
 
+from orthoreg_pl.models.classifier import ImageClassifier
+from orthoreg_pl.models.lean_jvp import make_jvp_lean
 from orthoreg_pl.models.linearized import linearized_forward
 from orthoreg_pl.modules.base import FineTuneModule
 
@@ -16,6 +20,10 @@ _PREFIX = "visual."
 class LinearFineTuning(FineTuneModule):
     mode = "linear"
     task_vector_space = "tangent"
+
+    def __init__(self, model: ImageClassifier, **kwargs) -> None:
+        make_jvp_lean(model.visual)  # same parameters and primal numbers; less kept for the backward pass
+        super().__init__(model, **kwargs)
 
     def forward(self, images: Tensor) -> Tensor:
         theta0 = {n[len(_PREFIX) :]: self.theta0(n) for n in self.trainable_names}
