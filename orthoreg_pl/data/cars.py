@@ -26,9 +26,8 @@ def read_mat(path: Path, key: str, what: str) -> np.ndarray:
     require_file(LAYOUT.task, path, what, LAYOUT.expects)
     try:
         contents = scipy.io.loadmat(str(path), squeeze_me=True)
-    except (
-        Exception
-    ) as err:  # scipy raises many types (ValueError, MatReadError, zlib.error, ...) on bad files
+    # scipy raises many types on bad files (ValueError, MatReadError, zlib.error, ...)
+    except Exception as err:
         raise OrthoRegError(
             f"Cars: cannot read {what} {path} ({type(err).__name__}: {err}); expected a MATLAB file "
             f"holding {key!r}; layout: {LAYOUT.expects}"

@@ -25,9 +25,8 @@ def read_svhn_mat(path: Path) -> ArrayImages:
     try:
         contents = scipy.io.loadmat(str(path))
         images, labels = contents["X"], contents["y"]
-    except (
-        Exception
-    ) as err:  # scipy raises many types (ValueError, MatReadError, zlib.error, ...) on bad files
+    # scipy raises many types on bad files (ValueError, MatReadError, zlib.error, ...)
+    except Exception as err:
         raise OrthoRegError(
             f"SVHN: cannot read {path} ({type(err).__name__}: {err}); expected torchvision's SVHN MATLAB file "
             f"with X [32, 32, 3, N] and y [N, 1]; layout: {LAYOUT.expects}"
