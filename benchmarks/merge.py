@@ -19,8 +19,8 @@ import time
 import lightning as L
 import torch
 
-from orthoreg_pl.data import QUICKSTART_TASKS, TaskDataModule
-from orthoreg_pl.evaluation.engine import MergeEvalModule, TangentDirectModule, eval_loader, evaluate_alphas
+from orthoreg_pl.data import QUICKSTART_TASKS, TaskDataModule, eval_dataloader
+from orthoreg_pl.evaluation.engine import MergeEvalModule, TangentDirectModule, evaluate_alphas
 from orthoreg_pl.evaluation.protocols import DEFAULT_ALPHAS
 from orthoreg_pl.models import TINY_ARCH, ImageClassifier, create_clip, load_or_build_head, preprocess_config
 
@@ -57,7 +57,7 @@ def build(cache: str, workers: int = 0) -> tuple:
         heads[task] = load_or_build_head(
             clip, TINY_ARCH, ID, task, dm.classnames, dm.task_data.templates, cache
         )
-        loaders[task] = eval_loader(dm.val_set, 256, workers)
+        loaders[task] = eval_dataloader(dm.val_set, 256, workers, shard=True)
     return clip.visual, heads, loaders, trainer()
 
 

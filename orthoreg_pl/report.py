@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from orthoreg_pl.evaluation.report import pct
 from orthoreg_pl.run_folder import META_FILE, read_meta
 
 REPORT_FILE = "report.json"
@@ -31,10 +32,6 @@ def collect_reports(folder: str | Path) -> list[dict]:
     return sorted(reports, key=lambda r: (r["protocol"], r["arch"], r["mode"], r["lam"], r["merge_method"]))
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
-
-
 def single_task_table(metas: list[dict]) -> Table:
     table = Table(
         title="Single-task top-1 accuracy (%): zero-shot θ0 vs fine-tuned",
@@ -45,8 +42,8 @@ def single_task_table(metas: list[dict]) -> Table:
     for m in metas:
         zs, ft = m["accuracy"]["zeroshot"] or {}, m["accuracy"]["finetuned"]
         table.add_row(
-            m["task"], m["mode"], f"{m['ortho']['lam']:g}", _pct(zs.get("val")), _pct(zs.get("test")),
-            _pct(ft["val"]), _pct(ft["test"]), str(m["steps"]),
+            m["task"], m["mode"], f"{m['ortho']['lam']:g}", pct(zs.get("val")), pct(zs.get("test")),
+            pct(ft["val"]), pct(ft["test"]), str(m["steps"]),
         )  # fmt: skip
     return table
 
@@ -65,14 +62,14 @@ def merge_table(reports: list[dict], protocol: str) -> Table:
     for column in ("mode", "λ", "method", "α*", *tasks, "mean"):
         table.add_column(column, justify="left" if column in ("mode", "method") else "right")
     for r in reports:
-        cells = [f"{_pct(r['per_task'][t][first])} / {_pct(r['per_task'][t][second])}" for t in tasks]
+        cells = [f"{pct(r['per_task'][t][first])} / {pct(r['per_task'][t][second])}" for t in tasks]
         alpha = f"{r['chosen_alpha']:g}" if addition else "per task"
-        mean = f"{_pct(r['mean'][first])} / {_pct(r['mean'][second])}"
+        mean = f"{pct(r['mean'][first])} / {pct(r['mean'][second])}"
         table.add_row(r["mode"], f"{r['lam']:g}", r["merge_method"], alpha, *cells, mean)
     if not addition:
         r = reports[0]
         table.caption = (
-            f"control: {r['control']} (zero-shot test {_pct(r['control_zeroshot']['test'])}); "
+            f"control: {r['control']} (zero-shot test {pct(r['control_zeroshot']['test'])}); "
             f"per task, α keeps control val ≥ {r['threshold']} × zero-shot"
         )
     return table

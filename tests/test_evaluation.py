@@ -11,7 +11,8 @@ from conftest import cpu_trainer, make_classifier
 from torch.utils.data import TensorDataset
 
 from orthoreg_pl import OrthoRegError
-from orthoreg_pl.evaluation.engine import MergeEvalModule, TangentDirectModule, eval_loader, evaluate_alphas
+from orthoreg_pl.data import eval_dataloader
+from orthoreg_pl.evaluation.engine import MergeEvalModule, TangentDirectModule, evaluate_alphas
 from orthoreg_pl.evaluation.protocols import (
     DEFAULT_ALPHAS,
     check_alphas,
@@ -104,7 +105,9 @@ def accuracy_by_rebuilding(dataset, direction, alpha, linearized=False) -> float
 def test_in_place_merging_equals_rebuilding(data, direction):
     module = MergeEvalModule(make_classifier())
     head = module.model.head.weight.clone()
-    got = evaluate_alphas(eval_trainer(), module, eval_loader(data, 8), head, direction, ALPHAS)
+    got = evaluate_alphas(
+        eval_trainer(), module, eval_dataloader(data, 8, shard=True), head, direction, ALPHAS
+    )
     want = [accuracy_by_rebuilding(data, direction, a) for a in ALPHAS]
     assert got == want
     assert len(set(got)) > 1  # the direction really changes predictions
@@ -116,9 +119,13 @@ def test_in_place_merging_equals_rebuilding(data, direction):
 def test_negative_alphas_and_no_direction(data, direction):
     module = MergeEvalModule(make_classifier())
     head = module.model.head.weight.clone()
-    got = evaluate_alphas(eval_trainer(), module, eval_loader(data, 8), head, direction, [-1.0, -0.5])
+    got = evaluate_alphas(
+        eval_trainer(), module, eval_dataloader(data, 8, shard=True), head, direction, [-1.0, -0.5]
+    )
     assert got == [accuracy_by_rebuilding(data, direction, a) for a in (-1.0, -0.5)]
-    zero_shot = evaluate_alphas(eval_trainer(), module, eval_loader(data, 8), head, None, [0.0, 0.5])
+    zero_shot = evaluate_alphas(
+        eval_trainer(), module, eval_dataloader(data, 8, shard=True), head, None, [0.0, 0.5]
+    )
     assert zero_shot == [accuracy_by_rebuilding(data, {}, 0.0)] * 2
 
 
@@ -140,7 +147,7 @@ def test_linear_closed_form_equals_direct_evaluation(data):
             visual0 = {n.removeprefix("visual."): direct.theta0(n) for n in direct.param_names}
             slow.append(direct.model.head(linearized_forward(direct.model.visual, visual0, images)))
     assert (fast - torch.stack(slow)).abs().max() <= 1e-5
-    loader = eval_loader(data, 8)
+    loader = eval_dataloader(data, 8, shard=True)
     acc_closed = evaluate_alphas(eval_trainer(), closed, loader, head, tau, ALPHAS, closed_form=True)
     acc_direct = evaluate_alphas(eval_trainer(), direct, loader, head, tau, ALPHAS)
     assert acc_closed == acc_direct == [accuracy_by_rebuilding(data, tau, a, linearized=True) for a in ALPHAS]
@@ -153,14 +160,19 @@ def test_ddp_two_processes_equal_single_process(data, direction):
     for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
         module = MergeEvalModule(make_classifier())
         results[devices] = evaluate_alphas(
-            eval_trainer(devices, strategy), module, eval_loader(data, 8), head, direction, ALPHAS
+            eval_trainer(devices, strategy),
+            module,
+            eval_dataloader(data, 8, shard=True),
+            head,
+            direction,
+            ALPHAS,
         )
     assert results[2] == results[1]
 
 
 def test_unpadded_sampler_shards_partition_the_data(monkeypatch):
     """Across 3 ranks every index appears exactly once (torch's DistributedSampler would pad to 39)."""
-    import orthoreg_pl.evaluation.sampler as sampler_module
+    import orthoreg_pl.data.sampler as sampler_module
 
     sampler = sampler_module.UnpaddedDistributedSampler(37)
     assert list(sampler) == list(range(37))

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from orthoreg_pl.data.eval_cache import CachedBatches, CachedEvalDataset, eval_cache_dataset
 from orthoreg_pl.data.files import fetch
 from orthoreg_pl.data.registry import TaskData, load_task
+from orthoreg_pl.data.sampler import UnpaddedDistributedSampler
 from orthoreg_pl.data.splits import carve_validation, split_checksum
 from orthoreg_pl.errors import OrthoRegError
 
@@ -177,14 +178,20 @@ class TaskDataModule(L.LightningDataModule):
         return eval_dataloader(self.test_set, self.eval_batch_size, self.num_workers)
 
 
-def eval_dataloader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+def eval_dataloader(
+    dataset: Dataset, batch_size: int, num_workers: int = 0, shard: bool = False
+) -> DataLoader:
     """Sequential batches of an eval split; a cached split is read a whole batch at a time
-    (same batches, same order, same tensors as sample by sample, without the collate copy)."""
+    (same batches, same order, same tensors as sample by sample, without the collate copy).
+
+    ``shard=True`` gives each process its own samples (or whole cached batches) without padding,
+    for evaluations that sum exact counts across processes (the merge engine)."""
     if isinstance(dataset, CachedEvalDataset):
         dataset, batch_size = CachedBatches(dataset, batch_size), None
     return DataLoader(
         dataset,
         batch_size=batch_size,
+        sampler=UnpaddedDistributedSampler(len(dataset)) if shard else None,
         shuffle=False,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,

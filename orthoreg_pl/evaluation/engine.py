@@ -16,13 +16,11 @@ from collections.abc import Mapping, Sequence
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, jvp
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from orthoreg_pl.data.eval_cache import CachedBatches, CachedEvalDataset
 from orthoreg_pl.evaluation.metrics import AlphaAccuracy, accuracies
-from orthoreg_pl.evaluation.sampler import UnpaddedDistributedSampler
 from orthoreg_pl.models.classifier import ImageClassifier
 from orthoreg_pl.models.heads import ZeroShotHead
 from orthoreg_pl.models.linearized import linearized_forward, math_attention
@@ -43,6 +41,7 @@ class MergeEvalModule(L.LightningModule):
         for name, buffer in self._theta0_buffers.items():
             self.register_buffer(buffer, model.get_parameter(name).detach().clone(), persistent=False)
         self.keys: list[str] = []
+        self._targets: list[nn.Parameter] = []
         self.alphas: list[float] = [0.0]
         self.closed_form = False
         self.metric = AlphaAccuracy(1)
@@ -63,6 +62,7 @@ class MergeEvalModule(L.LightningModule):
         for i in range(len(self.keys)):  # drop the previous direction
             delattr(self, f"direction_{i}")
         self.keys = sorted(direction)
+        self._targets = [self.model.get_parameter(k) for k in self.keys]  # stable across .to(device)
         for i, key in enumerate(self.keys):
             self.register_buffer(f"direction_{i}", direction[key].detach().clone(), persistent=False)
         self.alphas = [float(a) for a in alphas] if direction else [0.0]
@@ -78,9 +78,8 @@ class MergeEvalModule(L.LightningModule):
         """θ ← θ0 + α·τ in place, for the keys of τ."""
         if not self.keys:
             return
-        params = [self.model.get_parameter(k) for k in self.keys]
-        torch._foreach_copy_(params, [self.theta0(k) for k in self.keys])
-        torch._foreach_add_(params, self._direction(), alpha=alpha)
+        torch._foreach_copy_(self._targets, [self.theta0(k) for k in self.keys])
+        torch._foreach_add_(self._targets, self._direction(), alpha=alpha)
 
     def _tangent_logits(self, images: Tensor) -> Tensor:
         """[A, B, C] logits of the linearized encoder at every α from one JVP."""
@@ -130,26 +129,6 @@ class TangentDirectModule(MergeEvalModule):
             self.write_weights(alpha)
             logits.append(self.model.head(linearized_forward(self.model.visual, theta0, images)))
         self.metric.update(torch.stack(logits), labels)
-
-
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """A loader built once per (task, split) and shared by every α and every merge.
-
-    A split in the eval cache is read a whole batch at a time (no per-sample tensors, no collate);
-    either way the shards of :class:`UnpaddedDistributedSampler` (of samples, or of whole batches)
-    give every sample to exactly one process.
-    """
-    if isinstance(dataset, CachedEvalDataset):
-        batches = CachedBatches(dataset, batch_size)
-        dataset, batch_size = batches, None
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=UnpaddedDistributedSampler(len(dataset)),
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )
 
 
 def evaluate_alphas(

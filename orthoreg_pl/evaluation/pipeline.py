@@ -15,9 +15,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from orthoreg_pl.data import TaskDataModule
+from orthoreg_pl.data import TaskDataModule, eval_dataloader
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.evaluation.engine import MergeEvalModule, eval_loader, evaluate_alphas
+from orthoreg_pl.evaluation.engine import MergeEvalModule, evaluate_alphas
 from orthoreg_pl.evaluation.protocols import (
     check_alphas,
     normalized_mean_curve,
@@ -63,8 +63,8 @@ class MergeEvaluator:
             )
             batch, workers = cfg.data.eval_batch_size, cfg.data.num_workers
             self.loaders[task] = {
-                "val": eval_loader(dm.val_set, batch, workers),
-                "test": eval_loader(dm.test_set, batch, workers),
+                "val": eval_dataloader(dm.val_set, batch, workers, shard=True),
+                "test": eval_dataloader(dm.test_set, batch, workers, shard=True),
             }
             self.checksums[task] = dm.checksum
         self.module = MergeEvalModule(ImageClassifier(clip.visual, self.heads[tasks[0]]))

@@ -16,7 +16,8 @@ from orthoreg_pl.utils.io import atomic_path, write_json, write_text  # noqa: E4
 REPORT_SCHEMA_VERSION = 1
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
+    """An accuracy in [0, 1] as a percentage with two decimals ("–" when missing)."""
     return "–" if x is None else f"{100 * x:.2f}"
 
 
@@ -36,7 +37,7 @@ def markdown(report: dict) -> str:
     lines = ["| task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for row in rows(report):
         cells = [
-            (f"{row[c]:g}" if c == "alpha" and row[c] is not None else _pct(row[c])) if c in row else "–"
+            (f"{row[c]:g}" if c == "alpha" and row[c] is not None else pct(row[c])) if c in row else "–"
             for c in columns
         ]
         lines.append(f"| {row['task']} | " + " | ".join(cells) + " |")
@@ -47,7 +48,7 @@ def markdown(report: dict) -> str:
     else:
         note = (
             f"Test accuracies in %; target = the negated task (lower is better), control = {report['control']} "
-            f"(zero-shot {_pct(report['control_zeroshot']['test'])}); α per task keeps control val >= "
+            f"(zero-shot {pct(report['control_zeroshot']['test'])}); α per task keeps control val >= "
             f"{report['threshold']} × zero-shot."
         )
     return head + "\n".join(lines) + "\n\n" + note + "\n"

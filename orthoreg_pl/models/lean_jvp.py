@@ -46,16 +46,16 @@ class _LayerNorm(torch.autograd.Function):
             mean = x.mean(dim=dims, keepdim=True)
             rstd = torch.rsqrt(x.var(dim=dims, unbiased=False, keepdim=True) + ctx.eps)
             x_hat = (x - mean) * rstd
-        out = torch.zeros_like(x) if x_t is None else None
+        terms = []
         if x_t is not None:
             centred = x_t - x_t.mean(dim=dims, keepdim=True)
             d_hat = rstd * (centred - x_hat * (x_hat * x_t).mean(dim=dims, keepdim=True))
-            out = d_hat * weight if weight is not None else d_hat
+            terms.append(d_hat * weight if weight is not None else d_hat)
         if weight_t is not None:
-            out = out + x_hat * weight_t
+            terms.append(x_hat * weight_t)
         if bias_t is not None:
-            out = out + bias_t
-        return out
+            terms.append(bias_t.expand_as(x))
+        return sum(terms[1:], terms[0]) if terms else torch.zeros_like(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
