@@ -6,15 +6,15 @@ Hydra composes configs/merge.yaml; the report folder gets report.json, report.md
 import hydra
 from omegaconf import DictConfig
 
-from orthoreg_pl.cli import run_or_exit
+from orthoreg_pl.cli import objective, result_field, run_or_exit
 from orthoreg_pl.evaluation.pipeline import run_merge
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="merge")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     report = run_or_exit(run_merge, cfg, root=cfg.paths.reports_dir)
-    means = report["mean"]
-    return means.get("abs", means.get("target"))  # what a sweeper optimises
+    value = None if report is None else result_field(report, "objective/value")
+    return objective(value, cfg.protocol.objective.direction)  # e.g. negation: minimize
 
 
 if __name__ == "__main__":

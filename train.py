@@ -1,19 +1,21 @@
 """Fine-tune a CLIP image encoder on one task: ``python train.py dataset=<task> mode=<mode> ortho.lam=<λ>``.
 
-Hydra composes configs/train.yaml; ``-m`` sweeps (``python train.py -m ortho.lam=0,1,10``).
+Hydra composes configs/train.yaml; ``-m`` sweeps (``python train.py -m ortho.lam=0,1,10``): finished
+runs are skipped, unfinished ones resumed, and a failed job does not stop the sweep.
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from orthoreg_pl.cli import run_or_exit
+from orthoreg_pl.cli import objective, result_field, run_or_exit
 from orthoreg_pl.training import train
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     meta = run_or_exit(train, cfg, root=cfg.paths.runs_dir)
-    return meta["accuracy"]["finetuned"]["val"]  # what a sweeper optimises
+    value = None if meta is None else result_field(meta, cfg.objective.metric)
+    return objective(value, cfg.objective.direction)  # what a sweeper optimises, in the stated direction
 
 
 if __name__ == "__main__":

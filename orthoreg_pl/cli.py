@@ -1,17 +1,29 @@
-"""What ``train.py`` and ``merge.py`` share: bad input ends in one line on stderr, not a traceback wall."""
+"""What ``train.py`` and ``merge.py`` share: how a job ends, in one line and an exit status.
+
+Single run: bad input exits 2, a failed run 1, an interrupted one 128 + the signal (143 for SIGTERM),
+each with one ``error:`` line on stderr. In a multirun a bad or failed job is reported and the sweep
+goes on (the sweep's summary exits 1 at the end); an interrupted job stops the sweep, since the
+scheduler that sent the signal wants the whole process gone.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.errors import OrthoRegError, RunFailed, RunInterrupted
+from orthoreg_pl.sweep_summary import record_outcome
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def remove_empty_run_dir(run_dir: Path, stop_at: Path) -> None:
@@ -25,11 +37,49 @@ def remove_empty_run_dir(run_dir: Path, stop_at: Path) -> None:
         run_dir = run_dir.parent
 
 
-def run_or_exit(job: Callable[[DictConfig], T], cfg: DictConfig, root: str | Path) -> T:
-    """Run ``job(cfg)``; on bad input print ``error: ...``, remove the empty output folder, exit 2."""
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_or_exit(job: Callable[[DictConfig], T], cfg: DictConfig, root: str | Path) -> T | None:
+    """Run ``job(cfg)`` and record its outcome; see the module docstring for how failures end."""
+    multirun = in_multirun()
     try:
-        return job(cfg)
-    except OrthoRegError as err:
-        remove_empty_run_dir(Path(cfg.paths.output_dir), stop_at=Path(root))
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        result = job(cfg)
+    except RunInterrupted as err:
+        record_outcome("interrupted", str(err))
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(128 + err.signum)
+    except (OrthoRegError, RunFailed) as err:
+        code = 2 if isinstance(err, OrthoRegError) else 1
+        message = str(err)
+    except Exception as err:
+        if not multirun:
+            raise
+        log.exception("job failed")  # a bug, not bad input: the traceback goes to the job's log
+        code, message = 1, f"{type(err).__name__}: {err}"
+    else:
+        record_outcome("skipped" if getattr(result, "skipped", False) else "finished")
+        return result
+    remove_empty_run_dir(Path(cfg.paths.output_dir), stop_at=Path(root))
+    print(f"error: {message}", file=sys.stderr)
+    record_outcome("failed", message)
+    if multirun:
+        return None
+    sys.exit(code)
+
+
+def objective(value: float | None, direction: str) -> float:
+    """The value a Hydra sweeper optimises; a failed job gives NaN (Optuna marks such a trial failed)."""
+    if direction not in ("maximize", "minimize"):
+        raise OrthoRegError(f"objective.direction={direction!r}; expected maximize or minimize")
+    return math.nan if value is None else float(value)
+
+
+def result_field(result: Any, metric: str) -> float | None:
+    """``result["a"]["b"]`` for ``metric="a/b"`` (None when absent)."""
+    for key in metric.split("/"):
+        if not isinstance(result, dict) or key not in result:
+            return None
+        result = result[key]
+    return result

@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 def format_lambda(value: float | int | str) -> str:
-    """λ as it appears in folder names: ``10`` and ``10.0`` both give ``10``, ``1e-3`` gives ``0.001``."""
-    return f"{float(value):g}"
+    """λ as it appears in folder names: ``10`` and ``10.0`` both give ``10``, ``1e-3`` gives ``0.001``.
+
+    A value that is no number is returned as typed: the run then stops with a clear error about it,
+    not inside Hydra's own error formatting."""
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _hash_of(root: DictConfig, settings_of) -> str:
+    from orthoreg_pl.run_identity import identity_hash
+
+    try:
+        lam = float(root.ortho.lam) if root.mode.get("penalized") else 0.0
+    except (TypeError, ValueError):
+        return "invalid"  # bad λ: the job reports it
+    return identity_hash(settings_of(root, lam))
+
+
+def run_hash(*, _root_: DictConfig) -> str:
+    """``${run_hash:}``: the short hash of a fine-tuning run's identity (run_identity.py), for names."""
+    from orthoreg_pl.run_identity import identity_settings
+
+    return _hash_of(_root_, identity_settings)
+
+
+def report_hash(*, _root_: DictConfig) -> str:
+    """``${report_hash:}``: the short hash of a merge report's settings, for names."""
+    from orthoreg_pl.run_identity import report_settings
+
+    return _hash_of(_root_, report_settings)
 
 
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("lam"):
         OmegaConf.register_new_resolver("lam", format_lambda)
+    for name, resolver in (("run_hash", run_hash), ("report_hash", report_hash)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)

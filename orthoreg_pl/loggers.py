@@ -1,11 +1,20 @@
-"""Experiment loggers. W&B is the default and stays offline unless the user has configured it."""
+"""Experiment loggers. W&B is the default and stays offline unless the user has configured it.
+
+One W&B run per job: its id comes from the run's identity (``resume="allow"``, so a resumed job
+continues its own run), and :func:`finish_wandb` ends it whatever way the job ends, so the next job
+of a multirun starts a run of its own. The CSV logger appends to the history of the run it resumes.
+"""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
+import sys
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from omegaconf import DictConfig, OmegaConf
 
 
 def wandb_configured() -> bool:
@@ -21,3 +30,37 @@ def wandb_configured() -> bool:
 def wandb_logger(offline: bool | None = None, **kwargs) -> WandbLogger:
     """A WandbLogger, offline unless W&B is configured (offline runs sync later with ``wandb sync``)."""
     return WandbLogger(offline=not wandb_configured() if offline is None else offline, **kwargs)
+
+
+def log_run_config(loggers: list[Logger], cfg: DictConfig, identity: dict) -> None:
+    """The whole resolved config and the run's identity, as the experiment's hyper-parameters."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams({"config": config, "identity": identity})
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """End this process's W&B run (Lightning's logger never does), marking how the job ended."""
+    wandb = sys.modules.get("wandb")  # never imported here when no W&B logger ran
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run keeps its history instead."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` whose metrics.csv grows across the interruptions and resumptions of one run."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment

@@ -1,36 +1,73 @@
 """One fine-tuning run from a composed config: data -> model -> mode module -> Trainer -> run folder.
 
 ``train.py`` is the Hydra shell around :func:`train`; tests call :func:`train` with composed configs.
+The run's life (run_folder.py): identity and lock first; a finished run with the same identity is
+skipped, an unfinished one resumed from its checkpoint; meta.json says running, then interrupted,
+failed or finished.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from orthoreg_pl.data import TaskDataModule
-from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.errors import OrthoRegError, RunFailed, RunInterrupted
+from orthoreg_pl.lifecycle import RunLifecycle
+from orthoreg_pl.loggers import finish_wandb, log_run_config
 from orthoreg_pl.models import build_classifier, preprocess_config, pretrained_identity
 from orthoreg_pl.modules import FineTuneModule
-from orthoreg_pl.run_folder import CHECKPOINT_FILE, check_not_finished, write_run_folder
-from orthoreg_pl.utils.io import write_json
+from orthoreg_pl.run_folder import (
+    CHECKPOINT_FILE,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    META_FILE,
+    RunLock,
+    publish_run,
+    read_meta,
+    run_status,
+    set_status,
+    start_meta,
+    write_meta,
+)
+from orthoreg_pl.run_identity import differing, identity_hash, identity_settings
 
 log = logging.getLogger(__name__)
-# The run folder holds zeroshot.json before the first checkpoint; Lightning's notice about it is noise.
+# The run folder holds meta.json before the first checkpoint; Lightning's notice about it is noise.
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
-ZEROSHOT_FILE = "zeroshot.json"
+# Our DataModule restores the position inside the epoch (its state_dict), which Lightning cannot see.
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
+
+
+class Skipped(dict):
+    """The meta.json of a run that was already finished: returned by :func:`train` without training."""
+
+    skipped = True
 
 
 def effective_lambda(cfg: DictConfig) -> float:
     """λ the run trains with: ``ortho.lam`` for penalised modes, 0 for the others."""
-    lam = float(cfg.ortho.lam)
+    raw = cfg.ortho.lam
+    try:
+        lam = float(raw)
+    except (TypeError, ValueError):
+        raise OrthoRegError(f"ortho.lam={raw!r} is not a number; expected a finite λ >= 0") from None
+    if not math.isfinite(lam):
+        raise OrthoRegError(
+            f"ortho.lam={raw} is not finite; the penalty weight λ must be a finite number >= 0"
+        )
     if lam < 0:
         raise OrthoRegError(f"ortho.lam={lam} is negative; the penalty weight λ must be >= 0")
     if not cfg.mode.penalized:
@@ -40,19 +77,68 @@ def effective_lambda(cfg: DictConfig) -> float:
     return lam
 
 
-def _evaluate(trainer: L.Trainer, module: L.LightningModule, datamodule: TaskDataModule) -> dict[str, float]:
-    val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/acc"]
-    test = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
+def run_identity(cfg: DictConfig, lam: float) -> dict:
+    """The readable tag, the hash and the settings that make the run what it is (run_identity.py)."""
+    settings = identity_settings(cfg, lam)
+    tag = f"{cfg.model.arch}/{cfg.mode.tag}/{cfg.dataset.name}/seed{cfg.seed}"
+    return {"tag": tag, "hash": identity_hash(settings), "settings": settings}
+
+
+def _evaluate(trainer: L.Trainer, module: FineTuneModule, datamodule: TaskDataModule, prefix: str) -> dict:
+    """Val and test accuracy, logged as ``<prefix>/val_acc`` and ``<prefix>/test_acc``."""
+    module.eval_prefix = prefix
+    try:
+        val = trainer.validate(module, datamodule=datamodule, verbose=False)[0][f"{prefix}/val_acc"]
+        test = trainer.test(module, datamodule=datamodule, verbose=False)[0][f"{prefix}/test_acc"]
+    finally:
+        module.eval_prefix = None
     return {"val": float(val), "test": float(test)}
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fine-tune one task in one mode and write the run folder; returns the run's meta dict."""
-    run_dir = Path(cfg.paths.output_dir)
-    check_not_finished(run_dir)
-    lam = effective_lambda(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+def _existing_run(run_dir: Path, identity: dict) -> dict | None:
+    """meta.json of the run already in ``run_dir`` (None when the folder is new); refuses a folder that
+    holds another identity's run, or a checkpoint whose run is unknown."""
+    if (run_dir / META_FILE).is_file():
+        meta = read_meta(run_dir)
+        theirs = (meta.get("identity") or {}).get("hash")
+        if theirs != identity["hash"]:
+            what = differing([(meta.get("identity") or {}).get("settings") or {}, identity["settings"]])
+            diff = "; ".join(f"{k}: {a} there, {b} here" for k, (a, b) in what.items()) or "unknown settings"
+            raise OrthoRegError(
+                f"run folder {run_dir} holds another run ({theirs or 'written before run identities'}; "
+                f"{diff}); choose another folder (hydra.run.dir=DIR) or delete it"
+            )
+        return meta
+    if (run_dir / CHECKPOINT_FILE).exists():
+        raise OrthoRegError(
+            f"run folder {run_dir} holds a checkpoint {CHECKPOINT_FILE} but no {META_FILE}: its run is unknown, "
+            "so it is not resumed; delete it or choose another folder"
+        )
+    return None
 
+
+def train(cfg: DictConfig) -> dict:
+    """Fine-tune one task in one mode and write the run folder; returns the run's meta dict.
+
+    A finished run with the same identity is not trained again: its meta comes back as :class:`Skipped`.
+    """
+    run_dir = Path(cfg.paths.output_dir)
+    lam = effective_lambda(cfg)
+    identity = run_identity(cfg, lam)
+    if rank_zero_only.rank != 0:  # DDP workers train; the launching process owns the folder
+        return _train(cfg, run_dir, lam, identity, previous=None)
+    with RunLock(run_dir):
+        previous = _existing_run(run_dir, identity)
+        if previous is not None and run_status(previous) == FINISHED:
+            log.info("skipped: %s is finished (%s)", identity["tag"], run_dir)
+            return Skipped(previous)
+        if previous is not None:
+            log.info("resuming %s (status %s)", run_dir, run_status(previous))
+        return _train(cfg, run_dir, lam, identity, previous)
+
+
+def _train(cfg: DictConfig, run_dir: Path, lam: float, identity: dict, previous: dict | None) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
     datamodule: TaskDataModule = instantiate(cfg.data)
     model = build_classifier(
         arch=cfg.model.arch,
@@ -72,44 +158,88 @@ def train(cfg: DictConfig) -> dict:
         gram=cfg.ortho.gram,
         **OmegaConf.to_container(cfg.optim, resolve=True),
     )
+    checkpoint = run_dir / CHECKPOINT_FILE
+    lifecycle = RunLifecycle(identity["hash"], checkpoint)
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]  # null disables one
     if not loggers:  # nothing to log learning rates to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[lifecycle, *callbacks])
+    log_run_config(loggers, cfg, identity)
 
-    checkpoint = run_dir / CHECKPOINT_FILE
-    resume = cfg.resume and checkpoint.exists()
-    zeroshot_file = run_dir / ZEROSHOT_FILE
-    if resume and zeroshot_file.exists():
-        log.info("resuming from %s", checkpoint)
-        zeroshot = OmegaConf.to_container(OmegaConf.load(zeroshot_file))
-    elif cfg.eval_zeroshot:
-        zeroshot = _evaluate(trainer, module, datamodule)
-        if trainer.is_global_zero:
-            write_json(zeroshot_file, zeroshot)
-    else:
-        zeroshot = None
-
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
-    finetuned = _evaluate(trainer, module, datamodule)
-
-    task_vector = module.task_vector()
-    meta = {
-        "task": cfg.dataset.name,
-        "mode": module.mode,
-        "task_vector_space": module.task_vector_space,
-        "arch": cfg.model.arch,
-        "pretrained": pretrained_identity(cfg.model.pretrained, cfg.model.init_seed),
-        "ortho": {
-            "lam": lam,
-            "norm": cfg.ortho.norm,
-            "gram": cfg.ortho.gram,
-            "num_matrices": len(module.penalized_names),
+    meta = previous or start_meta(
+        identity,
+        {
+            "task": cfg.dataset.name,
+            "mode": module.mode,
+            "task_vector_space": module.task_vector_space,
+            "arch": cfg.model.arch,
+            "pretrained": pretrained_identity(cfg.model.pretrained, cfg.model.init_seed),
+            "ortho": {
+                "lam": lam,
+                "norm": cfg.ortho.norm,
+                "gram": cfg.ortho.gram,
+                "num_matrices": len(module.penalized_names),
+            },
+            "seed": int(cfg.seed),
+            "precision": str(trainer.precision),
+            "accuracy": {"zeroshot": None, "finetuned": None},
         },
+    )
+    publish = trainer.is_global_zero
+    if publish:
+        write_meta(run_dir, meta)
+    status, exit_code = FAILED, 1
+    try:
+        with lifecycle.signal_handlers():
+            meta = _fit_and_publish(cfg, trainer, module, datamodule, run_dir, meta, publish)
+        status, exit_code = FINISHED, 0
+        return meta
+    except (RunInterrupted, SIGTERMException) as err:
+        status, exit_code = INTERRUPTED, 128 + getattr(err, "signum", 15)
+        if publish:
+            set_status(run_dir, meta, INTERRUPTED, str(err) or "SIGTERM", steps=int(trainer.global_step))
+        if isinstance(err, SIGTERMException):  # Lightning's own SIGTERM stop (during evaluation)
+            raise RunInterrupted(
+                f"stopped by SIGTERM; re-run the same command to resume from {checkpoint}", 15
+            ) from None
+        raise
+    except BaseException as err:
+        if publish:
+            set_status(run_dir, meta, FAILED, f"{type(err).__name__}: {err}", steps=int(trainer.global_step))
+        raise
+    finally:
+        finish_wandb(exit_code)
+        log.debug("run %s ended: %s", run_dir, status)
+
+
+def _fit_and_publish(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    module: FineTuneModule,
+    datamodule: TaskDataModule,
+    run_dir: Path,
+    meta: dict,
+    publish: bool,
+) -> dict:
+    checkpoint = run_dir / CHECKPOINT_FILE
+    zeroshot = meta["accuracy"].get("zeroshot")
+    if zeroshot is None and cfg.eval_zeroshot:
+        zeroshot = _evaluate(trainer, module, datamodule, "zeroshot")
+        meta["accuracy"] = {**meta["accuracy"], "zeroshot": zeroshot}  # in place: kept if the run stops later
+        if publish:
+            write_meta(run_dir, meta)
+    resume = cfg.resume and checkpoint.exists()
+    if resume:
+        log.info("resuming from %s", checkpoint)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
+    finetuned = _evaluate(trainer, module, datamodule, "finetuned")
+    task_vector = module.task_vector()
+    bad = [name for name, t in task_vector.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise RunFailed(f"the task vector has non-finite entries ({', '.join(bad[:3])}, ...); not published")
+    fields = {
         "split_checksum": datamodule.checksum,
-        "seed": int(cfg.seed),
-        "precision": str(trainer.precision),
         "steps": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
         "accuracy": {"zeroshot": zeroshot, "finetuned": finetuned},
@@ -118,7 +248,8 @@ def train(cfg: DictConfig) -> dict:
             "parameters": sum(t.numel() for t in task_vector.values()),
         },
     }
-    if trainer.is_global_zero:
-        write_run_folder(run_dir, task_vector, meta, OmegaConf.to_yaml(cfg, resolve=True))
-        log.info("run folder written: %s", run_dir)
+    if not publish:
+        return {**meta, **fields, "status": FINISHED}
+    meta = publish_run(run_dir, task_vector, meta, OmegaConf.to_yaml(cfg, resolve=True), **fields)
+    log.info("run folder written: %s", run_dir)
     return meta

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
 import open_clip
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from orthoreg_pl.data.eval_cache import CachedBatches, CachedEvalDataset, eval_cache_dataset
 from orthoreg_pl.data.files import fetch
 from orthoreg_pl.data.registry import TaskData, load_task
-from orthoreg_pl.data.sampler import UnpaddedDistributedSampler
+from orthoreg_pl.data.sampler import ResumableSampler, UnpaddedDistributedSampler
 from orthoreg_pl.data.splits import carve_validation, split_checksum
 from orthoreg_pl.errors import OrthoRegError
 
@@ -23,19 +25,37 @@ PREPROCESS_KEYS = ("size", "mean", "std", "interpolation", "resize_mode")
 class TransformedDataset(Dataset):
     """Applies an image transform to a dataset of (PIL.Image, label).
 
+    Indexed by ``(index, epoch)`` (what ``ResumableSampler`` yields) and given a ``seed``, the random
+    augmentation of that sample is drawn from its own generator seeded by (seed, epoch, index): the
+    same in any worker, on any number of processes, and after a resume.
+
     An unreadable image stops with its path (``CorruptImageError``), or, with ``skip_corrupt``, is
     logged as a warning and replaced by the next readable sample (see ``files.fetch``).
     """
 
-    def __init__(self, dataset: Dataset, transform: Callable, skip_corrupt: bool = False) -> None:
-        self.dataset, self.transform, self.skip_corrupt = dataset, transform, skip_corrupt
+    def __init__(
+        self, dataset: Dataset, transform: Callable, skip_corrupt: bool = False, seed: int | None = None
+    ) -> None:
+        self.dataset, self.transform, self.skip_corrupt, self.seed = dataset, transform, skip_corrupt, seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int):
-        image, label = fetch(self.dataset, i, self.skip_corrupt)
-        return self.transform(image.convert("RGB")), int(label)
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, epoch = key if isinstance(key, tuple) else (key, None)
+        image, label = fetch(self.dataset, index, self.skip_corrupt)
+        image = image.convert("RGB")
+        if epoch is None or self.seed is None:
+            return self.transform(image), int(label)
+        with torch.random.fork_rng(devices=[]):  # torchvision's random transforms draw from torch's RNG
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.transform(image), int(label)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample's augmentation in one epoch."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def clip_transforms(
@@ -82,8 +102,11 @@ class TaskDataModule(L.LightningDataModule):
         eval_cache: bool = True,
         eval_cache_dir: str | Path | None = None,
         skip_corrupt_images: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = int(seed)  # the training order and augmentation (ResumableSampler)
+        self._resume = {"epoch": 0, "skip": 0}
         self.task, self.data_root, self.cache_dir = task, Path(data_root), Path(cache_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.split_seed, self.train_scale = num_workers, split_seed, tuple(train_scale)
@@ -157,19 +180,40 @@ class TaskDataModule(L.LightningDataModule):
             return
         train_tf, eval_tf = clip_transforms(self.resolved_preprocess(), self.train_scale)
         train, val, test, self.checksum = self.splits()
-        self.train_set = TransformedDataset(train, train_tf, self.skip_corrupt_images)  # never cached
+        self.train_set = TransformedDataset(
+            train, train_tf, self.skip_corrupt_images, self.seed
+        )  # never cached
         self.val_set = self._eval_set("val", val, eval_tf, self.checksum)
         self.test_set = self._eval_set("test", test, eval_tf, self.checksum)
 
     def train_dataloader(self) -> DataLoader:
+        sampler = ResumableSampler(len(self.train_set), self.seed, **self._resume)
+        self._resume = {"epoch": 0, "skip": 0}
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,  # a RandomSampler draws a new permutation every epoch
+            sampler=sampler,  # a new permutation every epoch (Lightning calls set_epoch)
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in its epoch, saved in every checkpoint: (epoch, samples trained per process).
+
+        A checkpoint taken after an epoch's last batch points at the start of the next epoch."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if batches >= trainer.num_training_batches:
+            return {"epoch": trainer.current_epoch + 1, "skip": 0}
+        return {"epoch": trainer.current_epoch, "skip": batches * self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume the training order where the checkpoint left it (Lightning calls this before fit)."""
+        if state:
+            self._resume = {"epoch": int(state["epoch"]), "skip": int(state["skip"])}
 
     def val_dataloader(self) -> DataLoader:
         return eval_dataloader(self.val_set, self.eval_batch_size, self.num_workers)

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +26,7 @@ from orthoreg_pl.evaluation.protocols import (
     select_negation_alpha,
 )
 from orthoreg_pl.evaluation.report import rows, write_report
+from orthoreg_pl.loggers import finish_wandb
 from orthoreg_pl.models import (
     ImageClassifier,
     create_clip,
@@ -32,6 +34,7 @@ from orthoreg_pl.models import (
     preprocess_config,
     pretrained_identity,
 )
+from orthoreg_pl.run_identity import MERGE_SELECTABLE, identity_hash, report_settings
 from orthoreg_pl.task_vectors import TaskVector, check_compatible, find_runs, load_run
 from orthoreg_pl.training import effective_lambda
 from orthoreg_pl.utils.io import write_json
@@ -87,9 +90,15 @@ class MergeEvaluator:
         )
 
 
-def _load_vectors(cfg: DictConfig, tasks: list[str], lam: float) -> dict[str, TaskVector]:
+def _load_vectors(cfg: DictConfig, tasks: list[str], lam: float, selected: dict) -> dict[str, TaskVector]:
     runs = find_runs(
-        cfg.paths.runs_dir, arch=cfg.model.arch, mode=cfg.mode.name, lam=lam, tasks=tasks, seed=cfg.seed
+        cfg.paths.runs_dir,
+        arch=cfg.model.arch,
+        mode=cfg.mode.name,
+        lam=lam,
+        tasks=tasks,
+        seed=cfg.seed,
+        settings=selected,
     )
     vectors = {task: load_run(runs[task]) for task in tasks}
     check_compatible(list(vectors.values()))
@@ -120,6 +129,7 @@ def _inputs(vectors: dict[str, TaskVector]) -> dict[str, dict]:
             "checksum": v.info.checksum,
             "mode": v.info.mode,
             "lam": v.info.meta.get("ortho", {}).get("lam"),
+            "identity": (v.info.meta.get("identity") or {}).get("hash"),
         }
         for t, v in vectors.items()
     }
@@ -148,6 +158,7 @@ def run_addition(
     return {
         "alphas": alphas,
         "val_curves": {**val, "normalized mean": normalized},
+        "val_at_alpha": {"val_norm": normalized[best]},
         "chosen_alpha": alpha,
         "columns": columns,
         "per_task": per_task,
@@ -167,7 +178,7 @@ def run_negation(
         )
     refs = _references(vectors)
     negative = [-a for a in alphas]
-    per_task, curves = {}, {}
+    per_task, curves, target_val_at = {}, {}, {}
     for task, vector in vectors.items():
         target_val = evaluator.accuracy(task, "val", vector, negative)
         control_val = evaluator.accuracy(control, "val", vector, negative)
@@ -176,6 +187,7 @@ def run_negation(
         )
         alpha = alphas[best]
         curves[f"{task} target"], curves[f"{task} control"] = target_val, control_val
+        target_val_at[task] = target_val[best]
         per_task[task] = {
             "alpha": alpha,
             "zeroshot": (refs[task]["zeroshot"] or {}).get("test"),
@@ -186,6 +198,7 @@ def run_negation(
     return {
         "alphas": alphas,
         "val_curves": curves,
+        "val_at_alpha": {"target_val": statistics.fmean(target_val_at.values())},
         "chosen_alpha": None,
         "control": control,
         "control_zeroshot": control_zeroshot,
@@ -235,6 +248,7 @@ def run_single_task(
     columns = ["zeroshot_val", "zeroshot_test", "finetuned_val", "finetuned_test", "run_finetuned_test"]
     body = {"alphas": [1.0], "val_curves": {}, "chosen_alpha": None, "columns": columns, "per_task": per_task}
     body["mean"] = _mean_row(per_task, columns)
+    body["val_at_alpha"] = {"finetuned_val": body["mean"]["finetuned_val"]}
     if evaluator.trainer.is_global_zero:
         folder = Path(cfg.paths.runs_dir) / cfg.model.arch / cfg.mode.tag
         write_json(folder / f"single_task_seed{cfg.seed}.json", {"inputs": _inputs(vectors), **body})
@@ -242,6 +256,54 @@ def run_single_task(
 
 
 PROTOCOLS = {"addition": run_addition, "negation": run_negation, "single_task": run_single_task}
+
+
+def selected_settings(cfg: DictConfig) -> dict:
+    """Training settings named on merge.py's command line (``optim.lr=3e-5``): they select the runs."""
+    if not HydraConfig.initialized():
+        return {}
+    selected = {}
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "ortho.lam" or not key.startswith(MERGE_SELECTABLE):
+            continue
+        value = OmegaConf.select(cfg, key)
+        if OmegaConf.is_config(value):
+            for sub, item in _flat(OmegaConf.to_container(value, resolve=True)).items():
+                selected[f"{key}.{sub}"] = item
+        else:
+            selected[key] = value
+    return selected
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _finished_report(report_dir: Path, identity: dict, inputs: dict) -> dict | None:
+    """The report already in ``report_dir`` if it has this identity and these exact inputs."""
+    path = report_dir / "report.json"
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # a broken report is recomputed
+    same_inputs = {t: i["checksum"] for t, i in report.get("inputs", {}).items()} == {
+        t: i["checksum"] for t, i in inputs.items()
+    }
+    if (report.get("identity") or {}).get("hash") == identity["hash"] and same_inputs:
+        return report
+    return None
+
+
+class SkippedReport(dict):
+    """A report that was already complete for the same settings and inputs: returned without evaluating."""
+
+    skipped = True
 
 
 def run_merge(cfg: DictConfig) -> dict:
@@ -254,12 +316,27 @@ def run_merge(cfg: DictConfig) -> dict:
     if not tasks:
         raise OrthoRegError("tasks is empty; expected the list of tasks whose task vectors to merge")
     lam = effective_lambda(cfg)
-    vectors = _load_vectors(cfg, tasks, lam)
+    selected = selected_settings(cfg)
+    vectors = _load_vectors(cfg, tasks, lam, selected)
+    settings = report_settings(cfg, lam)
+    identity = {"hash": identity_hash(settings), "settings": settings, "selected_by": selected}
+    inputs = _inputs(vectors)
+    previous = _finished_report(Path(cfg.paths.output_dir), identity, inputs)
+    if previous is not None:
+        log.info(
+            "skipped: %s already holds this report (same settings and task vectors)", cfg.paths.output_dir
+        )
+        return SkippedReport(previous)
     control = cfg.protocol.get("control")
     needed = tasks + ([control] if name == "negation" and control not in tasks else [])
     evaluator = MergeEvaluator(cfg, needed)
     body = PROTOCOLS[name](cfg, evaluator, vectors, alphas)
     first = next(iter(vectors.values())).info
+    metric = cfg.protocol.objective.metric
+    if metric not in body["val_at_alpha"]:
+        raise OrthoRegError(
+            f"protocol.objective.metric={metric!r}; protocol {name} offers {sorted(body['val_at_alpha'])}"
+        )
     report = {
         "protocol": name,
         "arch": cfg.model.arch,
@@ -268,7 +345,13 @@ def run_merge(cfg: DictConfig) -> dict:
         "lam": lam,
         "task_vector_space": first.space,
         "merge_method": cfg.merge_method_name,
-        "inputs": _inputs(vectors),
+        "identity": identity,
+        "objective": {
+            "metric": metric,
+            "direction": cfg.protocol.objective.direction,
+            "value": body["val_at_alpha"][metric],
+        },
+        "inputs": inputs,
         "split_checksums": evaluator.checksums,
         **body,
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -281,15 +364,47 @@ def run_merge(cfg: DictConfig) -> dict:
 
 
 def log_report(cfg: DictConfig, report: dict) -> None:
-    """The report's table, its mean scores and the α plot, to the configured experiment loggers."""
+    """The report to the configured experiment loggers: its config, mean scores and objective; for W&B
+    also the table, the α curves (a table and a line plot), the plot image and report.json as an artifact."""
     protocol = report["protocol"]
-    for logger in (instantiate(c) for c in (cfg.logger or {}).values()):
-        logger.log_metrics({f"{protocol}/mean_{k}": v for k, v in report["mean"].items()})
-        if isinstance(logger, WandbLogger):
-            columns = ["task", *report["columns"]]
-            data = [[r.get(c) for c in columns] for r in rows(report)]
-            logger.log_table(key=f"{protocol}/table", columns=columns, data=data)
-            plot = Path(cfg.paths.output_dir) / "alpha_curve.png"
-            if plot.exists():
-                logger.log_image(key=f"{protocol}/alpha_curve", images=[str(plot)])
-        logger.finalize("success")
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    try:
+        for logger in loggers:
+            logger.log_hyperparams({"config": report["config"], "identity": report["identity"]})
+            scores = {f"{protocol}/mean_{k}": v for k, v in report["mean"].items()}
+            logger.log_metrics({**scores, f"{protocol}/objective": report["objective"]["value"]})
+            if isinstance(logger, WandbLogger):
+                _log_wandb_report(logger, cfg, report)
+            logger.finalize("success")
+    finally:
+        finish_wandb(0)
+
+
+def _log_wandb_report(logger: WandbLogger, cfg: DictConfig, report: dict) -> None:
+    import wandb
+
+    protocol = report["protocol"]
+    columns = ["task", *report["columns"]]
+    data = [[r.get(c) for c in columns] for r in rows(report)]
+    logger.log_table(key=f"{protocol}/table", columns=columns, data=data)
+    if report["val_curves"]:
+        names = list(report["val_curves"])
+        curve_rows = [
+            [a, n, report["val_curves"][n][i]] for n in names for i, a in enumerate(report["alphas"])
+        ]
+        table = wandb.Table(columns=["alpha", "curve", "val_acc"], data=curve_rows)
+        logger.experiment.log({f"{protocol}/alpha_curves": table})
+        plot = wandb.plot.line_series(
+            xs=report["alphas"],
+            ys=[report["val_curves"][n] for n in names],
+            keys=names,
+            title=f"{protocol}: validation accuracy against α",
+            xname="alpha",
+        )
+        logger.experiment.log({f"{protocol}/alpha_curve_plot": plot})
+    image = Path(cfg.paths.output_dir) / "alpha_curve.png"
+    if image.exists():
+        logger.log_image(key=f"{protocol}/alpha_curve", images=[str(image)])
+    artifact = wandb.Artifact(f"report-{report['identity']['hash']}", type="merge_report")
+    artifact.add_file(str(Path(cfg.paths.output_dir) / "report.json"))
+    logger.experiment.log_artifact(artifact)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.errors import OrthoRegError, RunFailed
 from orthoreg_pl.models.classifier import ImageClassifier
 from orthoreg_pl.modules.schedule import warmup_cosine
 from orthoreg_pl.penalties import ortho_penalty
@@ -61,6 +61,10 @@ class FineTuneModule(L.LightningModule):
         for name, buffer in self._theta0_buffers.items():
             self.register_buffer(buffer, self.model.get_parameter(name).detach().clone(), persistent=False)
         self._last_penalty: Tensor | None = None
+        self._last_finite: tuple[int, Tensor, Tensor | None] | None = None
+        self.eval_prefix: str | None = (
+            None  # "zeroshot"/"finetuned": logs <prefix>/<stage>_acc instead of <stage>/acc
+        )
         self.penalized_names = self.select_penalized()
         num_classes = model.head.weight.shape[0]
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -128,16 +132,48 @@ class FineTuneModule(L.LightningModule):
         total = loss_ce.detach()
         if self._last_penalty is not None:
             total = total + self.hparams.lam * self._last_penalty
+        self._check_finite(loss_ce.detach(), total)
         self.log("train/loss", total, prog_bar=True)
         self.log("train/loss_ce", loss_ce.detach())
         return loss * accumulate if self.hparams.sum_accumulated_loss else loss
+
+    def _check_finite(self, loss_ce: Tensor, total: Tensor) -> None:
+        """Stop at once on a non-finite loss (every process together), naming the step and the likely cause."""
+        bad = not bool(torch.isfinite(total))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        step = self.trainer.global_step if self._trainer is not None else 0
+        if not bad:
+            self._last_finite = (step, loss_ce, self._last_penalty)
+            return
+        penalty = self._last_penalty
+        if penalty is not None and not bool(torch.isfinite(penalty)):
+            cause = f"the penalty diverged: λ={self.hparams.lam:g} or lr={self.hparams.lr:g} too high"
+        elif not bool(torch.isfinite(loss_ce)):
+            cause = f"the cross-entropy diverged: lr={self.hparams.lr:g} too high (or λ={self.hparams.lam:g})"
+        else:
+            cause = f"λ·penalty overflowed: λ={self.hparams.lam:g} too high"
+        last = "no finite step before it"
+        if self._last_finite is not None:
+            at, ce, pen = self._last_finite
+            last = f"last finite at step {at}: cross-entropy {float(ce):.6g}" + (
+                f", penalty {float(pen):.6g}" if pen is not None else ""
+            )
+        now = f"cross-entropy {float(loss_ce):.6g}" + (
+            f", penalty {float(penalty):.6g}" if penalty is not None else ""
+        )
+        raise RunFailed(f"non-finite loss at step {step} ({now}); {last}; likely cause: {cause}")
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], metric: MulticlassAccuracy, stage: str) -> None:
         images, labels = batch
         logits = self(images)
         metric.update(logits, labels)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), sync_dist=True)
-        self.log(f"{stage}/acc", metric, prog_bar=True)
+        if self.eval_prefix:  # the one-off evaluations before and after training, under their own keys
+            self.log(f"{self.eval_prefix}/{stage}_loss", F.cross_entropy(logits, labels), sync_dist=True)
+            self.log(f"{self.eval_prefix}/{stage}_acc", metric)
+        else:
+            self.log(f"{stage}/loss", F.cross_entropy(logits, labels), sync_dist=True)
+            self.log(f"{stage}/acc", metric, prog_bar=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_acc, "val")

@@ -16,6 +16,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.run_folder import FINISHED, META_FILE, read_meta, run_status
+from orthoreg_pl.run_identity import differing, same_value
 from orthoreg_pl.task_vectors.compat import mode_family
 from orthoreg_pl.task_vectors.vector import TaskVector, TaskVectorInfo, describe_keys
 from orthoreg_pl.utils.io import atomic_path, sha256_file
@@ -42,7 +44,6 @@ def load_task_vector(path: str | Path) -> dict[str, Tensor]:
 
 # ---- task vectors with provenance: run folders, Lightning checkpoints ------------------------------
 
-_META_FILE = "meta.json"  # orthoreg_pl.run_folder.META_FILE (run_folder imports this module)
 _INFO_FIELDS = ("arch", "pretrained", "mode", "task")
 _MODEL_PREFIX = "model."  # FineTuneModule stores the classifier as self.model
 _LORA_KEY = re.compile(
@@ -52,16 +53,9 @@ _ATTENTION_WEIGHTS = ("attn.in_proj_weight", "attn.out_proj.weight")
 
 
 def _read_run_meta(run_dir: Path) -> dict:
-    path = run_dir / _META_FILE
-    if not path.is_file():
-        raise OrthoRegError(f"run folder {run_dir} has no {_META_FILE} (not a finished run)")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise OrthoRegError(f"cannot read run metadata {path}: {err}") from err
-    if not isinstance(meta, dict):
-        raise OrthoRegError(f"run metadata {path} is not a JSON object")
-    return meta
+    if not (run_dir / META_FILE).is_file():
+        raise OrthoRegError(f"run folder {run_dir} has no {META_FILE} (not a run folder)")
+    return read_meta(run_dir)
 
 
 def _space(meta: dict, meta_path: Path) -> str:
@@ -81,22 +75,27 @@ def load_run(run_dir: str | Path) -> TaskVector:
     if not run_dir.is_dir():
         raise OrthoRegError(f"run folder {run_dir} does not exist")
     meta = _read_run_meta(run_dir)
+    if run_status(meta) != FINISHED:
+        raise OrthoRegError(
+            f"run folder {run_dir} holds an unfinished run (status {run_status(meta)}: "
+            f"{meta.get('status_reason') or 'no reason recorded'}); only finished runs are merged"
+        )
     missing = [f for f in _INFO_FIELDS if not isinstance(meta.get(f), str)]
     if missing:
-        raise OrthoRegError(f"run metadata {run_dir / _META_FILE} lacks field(s) {', '.join(missing)}")
+        raise OrthoRegError(f"run metadata {run_dir / META_FILE} lacks field(s) {', '.join(missing)}")
     path = run_dir / TASK_VECTOR_FILE
     tensors, header = _read_with_header(path)
     for name in _INFO_FIELDS:
         if name in header and header[name] != meta[name]:
             raise OrthoRegError(
-                f"{path} was written for {name}={header[name]!r} but {run_dir / _META_FILE} says "
+                f"{path} was written for {name}={header[name]!r} but {run_dir / META_FILE} says "
                 f"{meta[name]!r}: the folder mixes files of two runs"
             )
     info = TaskVectorInfo(
         arch=meta["arch"],
         pretrained=meta["pretrained"],
         mode=meta["mode"],
-        space=_space(meta, run_dir / _META_FILE),
+        space=_space(meta, run_dir / META_FILE),
         task=meta["task"],
         source=str(path),
         checksum=sha256_file(path),
@@ -220,16 +219,22 @@ def find_runs(
     lam: float | None = None,
     tasks: Iterable[str] | None = None,
     seed: int | None = None,
+    settings: Mapping[str, object] | None = None,
 ) -> dict[str, Path]:
     """task → run folder of the finished runs below ``runs_dir`` matching the filters (exactly one
-    per task, else an error naming the candidates); ordered as ``tasks`` or by task name."""
+    per task, else an error naming the candidates and the settings they differ in); ordered as
+    ``tasks`` or by task name. ``settings`` filters on the runs' identity settings
+    (``{"optim.lr": 3e-5}``); runs written before identities existed never match such a filter."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise OrthoRegError(f"runs folder {runs_dir} does not exist")
     wanted = None if tasks is None else list(tasks)
     found: dict[str, list[Path]] = {}
-    for meta_path in sorted(runs_dir.rglob(_META_FILE)):
+    recorded: dict[Path, dict] = {}
+    for meta_path in sorted(runs_dir.rglob(META_FILE)):
         meta = _read_run_meta(meta_path.parent)
+        if run_status(meta) != FINISHED:
+            continue
         if arch is not None and meta.get("arch") != arch:
             continue
         if mode is not None and meta.get("mode") != mode:
@@ -238,13 +243,18 @@ def find_runs(
             continue
         if lam is not None and not _same_float((meta.get("ortho") or {}).get("lam", 0.0), lam):
             continue
+        run_settings = (meta.get("identity") or {}).get("settings") or {}
+        if settings and any(
+            k not in run_settings or not same_value(run_settings[k], v) for k, v in settings.items()
+        ):
+            continue
         task = meta.get("task")
         if wanted is not None and task not in wanted:
             continue
         found.setdefault(str(task), []).append(meta_path.parent)
-    filters = ", ".join(
-        f"{k}={v}" for k, v in (("arch", arch), ("mode", mode), ("lam", lam), ("seed", seed)) if v is not None
-    )
+        recorded[meta_path.parent] = run_settings
+    given = (("arch", arch), ("mode", mode), ("lam", lam), ("seed", seed), *(settings or {}).items())
+    filters = ", ".join(f"{k}={v}" for k, v in given if v is not None)
     where = f"below {runs_dir}" + (f" with {filters}" if filters else "")
     if wanted is not None:
         absent = [t for t in wanted if t not in found]
@@ -258,9 +268,12 @@ def find_runs(
     several = {t: paths for t, paths in found.items() if len(paths) > 1}
     if several:
         t, paths = next(iter(sorted(several.items())))
+        differ = differing([recorded[p] for p in paths])
+        how = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in differ.items()) or "no recorded setting"
+        example = next(iter(differ), "optim.lr")
         raise OrthoRegError(
-            f"several finished runs {where} for task {t}: {', '.join(map(str, paths))}; "
-            "narrow the choice (arch, mode, lam, seed)"
+            f"several finished runs {where} for task {t}: {', '.join(map(str, paths))}; they differ in "
+            f"{how}. Choose with that setting on the command line (e.g. {example}=...)"
         )
     order = wanted if wanted is not None else sorted(found)
     return {t: found[t][0] for t in order}

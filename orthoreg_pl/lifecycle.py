@@ -1,0 +1,148 @@
+"""What keeps a fine-tuning run resumable and honest while it trains.
+
+:class:`RunLifecycle` (a Lightning callback that ``training.train`` always adds) stores the run's
+identity and the RNG states in every checkpoint and refuses a checkpoint of another identity; on
+SIGTERM or SIGUSR1 (SLURM's pre-emption warning, ``--signal=SIGUSR1@90``) it saves ``last.ckpt`` at
+the next optimizer-step boundary, requeues the job under SLURM, and stops the run with
+:class:`~orthoreg_pl.errors.RunInterrupted`; it never lets a checkpoint with non-finite weights be
+written. The non-finite loss check sits in the module's ``training_step`` (``modules/base.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from orthoreg_pl.errors import OrthoRegError, RunFailed, RunInterrupted
+
+log = logging.getLogger(__name__)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def rng_states() -> dict:
+    """Every RNG's state, in types a ``weights_only`` checkpoint load accepts (tensors, tuples, numbers)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+    states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def requeue_slurm_job() -> None:
+    """``scontrol requeue`` this SLURM job (array jobs included), as Lightning's own requeue does."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not job:
+        return
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    except OSError as err:
+        log.warning("could not requeue SLURM job %s: %s", job, err)
+        return
+    if done.returncode == 0:
+        log.info("requeued SLURM job %s", job)
+    else:
+        log.warning("requeueing SLURM job %s failed: %s", job, done.stderr.strip())
+
+
+class RunLifecycle(L.Callback):
+    def __init__(self, identity_hash: str, checkpoint_path: str | Path) -> None:
+        self.identity_hash = identity_hash
+        self.checkpoint_path = Path(checkpoint_path)
+        self.pending_signal: int | None = None
+        self._fitting = False
+        self._step_before = 0
+
+    # ---- signals ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def signal_handlers(self) -> Iterator[None]:
+        """Handle SIGTERM and SIGUSR1 for the duration of the run (installed before Lightning's own, so
+        Lightning keeps ours and does not save its mid-step SLURM checkpoint)."""
+        previous = {s: signal.signal(s, self._on_signal) for s in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        name = signal.Signals(signum).name
+        if not self._fitting:  # no optimizer step to wait for: stop now
+            raise RunInterrupted(f"received {name} outside training; nothing new to save", signum)
+        log.warning("received %s: saving a checkpoint after this optimizer step, then stopping", name)
+        self.pending_signal = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fitting = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fitting = False
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._fitting = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        self._step_before = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step == self._step_before:  # a micro-batch of an accumulation: no step yet
+            return
+        stop = self.pending_signal is not None
+        if trainer.world_size > 1:  # every process stops at the same step
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        signum = self.pending_signal or signal.SIGTERM
+        trainer.save_checkpoint(self.checkpoint_path)
+        if signum == signal.SIGUSR1 and trainer.is_global_zero:
+            requeue_slurm_job()
+        raise RunInterrupted(
+            f"stopped by {signal.Signals(signum).name} at step {trainer.global_step}; checkpoint saved to "
+            f"{self.checkpoint_path}; run the same command again to resume",
+            signum,
+        )
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        for name, p in pl_module.named_parameters():
+            if p.requires_grad and not torch.isfinite(p).all():
+                raise RunFailed(
+                    f"non-finite weight {name} at step {trainer.global_step}: no checkpoint written "
+                    "(likely cause: a learning rate or λ too high)"
+                )
+
+    def state_dict(self) -> dict:
+        return {"identity": self.identity_hash, "rng": rng_states()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("identity") != self.identity_hash:
+            raise OrthoRegError(
+                f"checkpoint {self.checkpoint_path} belongs to run {state.get('identity')!r}, not to this "
+                f"run ({self.identity_hash}); refusing to resume another configuration's training"
+            )
+        set_rng_states(state["rng"])

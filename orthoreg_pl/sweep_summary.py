@@ -1,0 +1,73 @@
+"""The end of a multirun: how many jobs finished, were skipped or failed, and an exit status that says so.
+
+Each job appends one JSON line (its overrides, outcome and message) to a file under the sweep folder
+(:func:`record_outcome`, called by the entry points), which works whatever the launcher: in-process,
+local worker processes, or SLURM jobs on a shared file system. :class:`SweepSummary` (a Hydra callback,
+configs/hydra/*.yaml) creates the file when the multirun starts, names the multirun's W&B group, and
+when it ends prints the summary and exits with status 1 if any job failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+LOG_ENV = "ORTHOREG_SWEEP_LOG"
+GROUP_ENV = "ORTHOREG_SWEEP_GROUP"
+OUTCOMES = ("finished", "skipped", "failed", "interrupted")
+
+
+def record_outcome(outcome: str, message: str = "") -> None:
+    """Append this job's outcome to the multirun's log (nothing outside a multirun)."""
+    path = os.environ.get(LOG_ENV)
+    if not path:
+        return
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    line = json.dumps({"overrides": overrides, "outcome": outcome, "message": message}) + "\n"
+    with open(path, "a") as f:  # one short append per job: atomic on a local or NFS file system
+        f.write(line)
+
+
+def read_outcomes(path: str | Path) -> list[dict[str, Any]]:
+    lines = Path(path).read_text().splitlines() if Path(path).exists() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def summary_lines(outcomes: list[dict[str, Any]]) -> list[str]:
+    counts = Counter(o["outcome"] for o in outcomes)
+    head = ", ".join(f"{counts[k]} {k}" for k in OUTCOMES if counts[k] or k != "interrupted")
+    lines = [f"multirun: {len(outcomes)} jobs: {head}"]
+    for o in outcomes:
+        if o["outcome"] in ("failed", "interrupted"):
+            lines.append(f"  {o['outcome']}: {' '.join(o['overrides'])}: {o['message']}")
+    return lines
+
+
+class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        started = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        folder = Path(config.hydra.sweep.dir) / ".multirun"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{config.hydra.job.name}_{started}_{os.getpid()}.jsonl"
+        self.path.touch()
+        os.environ[LOG_ENV] = str(self.path)
+        os.environ.setdefault(GROUP_ENV, f"{config.hydra.job.name}-{started}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        outcomes = read_outcomes(self.path)
+        for line in summary_lines(outcomes):
+            print(line, flush=True)
+        os.environ.pop(LOG_ENV, None)
+        if any(o["outcome"] in ("failed", "interrupted") for o in outcomes):
+            sys.exit(1)
