@@ -161,6 +161,9 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # releases the lock; the file stays (removing it would race a new holder)
-            self._fd = None
+        if self._fd is None:
+            return
+        if [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+            self.path.unlink()  # the job wrote nothing (bad input): leave no folder behind
+        os.close(self._fd)  # releases the lock; a used folder keeps its file (removing it would race)
+        self._fd = None

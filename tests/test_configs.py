@@ -106,14 +106,16 @@ def test_quickstart_experiment(paths):
 
 
 def test_quickstart_runs_dir_default(tmp_path):
-    """Without overrides, quickstart runs go under <root>/runs/quickstart, named by arch/mode/task/seed."""
+    """Without overrides, quickstart runs go under <root>/runs/quickstart, named by arch/mode/task/seed
+    and the hash of the run's identity."""
     cfg = compose_config(
         ["experiment=quickstart", "mode=standard_ortho", f"paths.root_dir={tmp_path}"], keep_hydra=True
     )
     assert cfg.paths.runs_dir == f"{tmp_path}/runs/quickstart"
+    assert len(cfg.identity) == 10 and int(cfg.identity, 16) >= 0
     assert (
         cfg.hydra.run.dir
-        == f"{tmp_path}/runs/quickstart/orthoreg-tiny-vit/standard_ortho_lam0.1/Digits/seed0"
+        == f"{tmp_path}/runs/quickstart/orthoreg-tiny-vit/standard_ortho_lam0.1/Digits/seed0-{cfg.identity}"
     )
 
 

@@ -157,12 +157,17 @@ def test_train_sampler_reshuffles_every_epoch(cache_dir, missing_data_root, tiny
     # Only the order matters here: read labels through the sampler without decoding images.
     loader = dm.train_dataloader()
     subset = dm.train_set.dataset
-    torch.manual_seed(0)
-    epochs = [[subset[i][1] for i in loader.sampler] for _ in range(2)]
+    epochs = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)  # as Lightning does at every epoch start
+        keys = list(loader.sampler)
+        assert {e for _, e in keys} == {epoch}  # (index, epoch): the epoch seeds each sample's augmentation
+        epochs.append([subset[i][1] for i, _ in keys])
     assert sorted(epochs[0]) == sorted(epochs[1])
     assert epochs[0] != epochs[1]
-    torch.manual_seed(0)
+    loader.sampler.set_epoch(0)
     labels = torch.cat([y for _, y in loader])
+    assert labels.tolist() == epochs[0]  # the loader follows the sampler, whatever the global RNG
     assert labels.tolist() != [subset[i][1] for i in range(len(subset))]  # shuffled, not pool order
 
 

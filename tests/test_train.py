@@ -23,7 +23,7 @@ from orthoreg_pl.data import carve_validation, load_task, split_checksum
 from orthoreg_pl.models import create_clip
 from orthoreg_pl.modules import MODES
 from orthoreg_pl.task_vectors import load_task_vector
-from orthoreg_pl.training import train
+from orthoreg_pl.training import Skipped, train
 
 FAST = "trainer.fast_dev_run=true"
 ALL_MODES = sorted(MODES)
@@ -129,51 +129,64 @@ def test_run_folder_meta_and_config(mode, runs, cache_dir, missing_data_root):
     assert list((Path(cache_dir) / "heads").glob(f"{TINY}__random-init-seed0__Digits__*.safetensors"))
 
 
-def test_finished_run_is_not_overwritten(runs, tmp_path, cache_dir):
-    """A second run into a finished folder fails before touching it."""
-    run_dir, _ = runs["standard_ortho"]
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+def test_finished_run_is_skipped_not_overwritten(runs, tmp_path, cache_dir):
+    """The same run again returns the finished run's meta without touching the folder; another
+    configuration into the same folder is refused, naming what differs."""
+    run_dir, meta = runs["standard_ortho"]
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"}
+
+    same = compose_config(same_overrides(run_dir, tmp_path, cache_dir))
+    again = train(same)
+    assert isinstance(again, Skipped) and again["identity"] == meta["identity"]
+    other = compose_config([*same_overrides(run_dir, tmp_path, cache_dir), "optim.lr=0.002"])
+    with pytest.raises(OrthoRegError, match=r"holds another run .*optim\.lr: 0\.001 there, 0\.002 here"):
+        train(other)
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == before
+
+
+def same_overrides(run_dir: Path, tmp: Path, cache: Path) -> list[str]:
+    return [
+        "experiment=quickstart",
+        "dataset=digits",
+        "mode=standard_ortho",
+        FAST,
+        "logger=csv",
+        *path_overrides(tmp, cache, output_dir=run_dir),
+    ]
+
+
+def test_unfinished_run_resumes_from_checkpoint(tmp_path, cache_dir):
+    """A run whose status is not finished continues from its checkpoint and keeps its zero-shot scores
+    (the mid-epoch SIGKILL / SIGTERM cases run as subprocesses in test_lifecycle.py)."""
     cfg = compose_config(
         [
             "experiment=quickstart",
             "dataset=digits",
             "mode=standard_ortho",
-            FAST,
-            *path_overrides(tmp_path, cache_dir, output_dir=run_dir),
+            "logger=csv",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            "trainer.max_epochs=2",
+            "callbacks.checkpoint.every_n_train_steps=3",
+            *path_overrides(tmp_path, cache_dir, output_dir=tmp_path / "run"),
         ]
     )
-    with pytest.raises(OrthoRegError, match="finished run"):
-        train(cfg)
-    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
-    assert after == before
-
-
-def test_unfinished_run_resumes_from_checkpoint(tmp_path, cache_dir):
-    """An interrupted run (last.ckpt, no meta.json) continues from its checkpoint and keeps its zero-shot scores."""
-    limits = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
-
-    def cfg(epochs):
-        return compose_config(
-            [
-                "experiment=quickstart",
-                "dataset=digits",
-                "mode=standard_ortho",
-                "logger=csv",
-                *limits,
-                f"trainer.max_epochs={epochs}",
-                *path_overrides(tmp_path, cache_dir, output_dir=tmp_path / "run"),
-            ]
-        )
-
     run_dir = tmp_path / "run"
-    first = train(cfg(1))
-    assert first["steps"] == 2 and (run_dir / "last.ckpt").is_file()
-    (run_dir / "meta.json").unlink()  # as if the job had been killed after its last checkpoint
-    (run_dir / "zeroshot.json").write_text(json.dumps({"val": 0.125, "test": 0.25}))
-    second = train(cfg(2))
-    assert second["steps"] == 4 and second["epochs"] == 2  # two more steps, not four from scratch
+    first = train(cfg)
+    assert first["steps"] == 4 and first["status"] == "finished" and (run_dir / "last.ckpt").is_file()
+    vector = load_task_vector(run_dir / "task_vector.safetensors")
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["status"] = "running"  # as if killed after the step-3 checkpoint
+    meta["accuracy"]["zeroshot"] = {"val": 0.125, "test": 0.25}
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    second = train(cfg)
+    assert not isinstance(second, Skipped)
+    assert second["steps"] == 4 and second["epochs"] == 2  # one more step from step 3, not four from scratch
     assert second["accuracy"]["zeroshot"] == {"val": 0.125, "test": 0.25}  # read back, not re-evaluated
-    assert json.loads((run_dir / "meta.json").read_text())["steps"] == 4
+    again = load_task_vector(run_dir / "task_vector.safetensors")
+    assert all(torch.equal(vector[k], again[k]) for k in vector)  # the resumed step is the same step
 
 
 def test_logger_none_trains(tmp_path, cache_dir):
@@ -276,7 +289,7 @@ def test_cli_bad_input_leaves_no_empty_run_tree(cli_errors):
     """With the default naming scheme, a run that never started must not leave runs/<arch>/<mode>/<task>/."""
     returncode, output, tmp = cli_errors[NAMED_DIR_CASE]
     assert returncode != 0 and "ortho.lam=-1" in output and "Traceback" not in output
-    assert not (tmp / "runs" / TINY / "standard_ortho_lam-1" / "Digits" / "seed0").exists()
+    assert not list((tmp / "runs").glob(f"{TINY}/standard_ortho_lam-1/Digits/seed0*"))
     left = sorted(str(p.relative_to(tmp)) for p in (tmp / "runs").rglob("*"))
     assert left == [], left  # the runs root itself may stay; nothing below it
 
@@ -304,7 +317,8 @@ def test_cli_run_writes_run_folder(cli_run):
     assert not (tmp / "runs").exists()  # hydra.run.dir wins over the naming scheme
 
 
-def test_cli_refuses_finished_run(cli_run, cache_dir):
+def test_cli_skips_finished_run(cli_run, cache_dir):
+    """The same command again: exit 0, a line saying the run is skipped, the folder untouched."""
     result, tmp = cli_run
     assert result.returncode == 0
     meta_before = (tmp / "run" / "meta.json").read_bytes()
@@ -314,7 +328,7 @@ def test_cli_refuses_finished_run(cli_run, cache_dir):
         tmp,
     )
     output = again.stdout + again.stderr
-    assert again.returncode != 0 and "finished run" in output and "Traceback" not in output
+    assert again.returncode == 0 and "skipped:" in output and "Traceback" not in output
     assert (tmp / "run" / "meta.json").read_bytes() == meta_before
 
 
@@ -341,7 +355,12 @@ def test_cli_multirun_lambda_sweep(tmp_path, cache_dir):
     for path in metas:
         meta = json.loads(path.read_text())
         found[meta["ortho"]["lam"]] = path.parent.relative_to(tmp_path)
-    assert found == {
-        0.0: Path(TINY) / "standard_ortho_lam0" / "Digits" / "seed0",
-        1.0: Path(TINY) / "standard_ortho_lam1" / "Digits" / "seed0",
+    hashes = {
+        lam: json.loads((tmp_path / p / "meta.json").read_text())["identity"]["hash"]
+        for lam, p in found.items()
     }
+    assert found == {
+        0.0: Path(TINY) / "standard_ortho_lam0" / "Digits" / f"seed0-{hashes[0.0]}",
+        1.0: Path(TINY) / "standard_ortho_lam1" / "Digits" / f"seed0-{hashes[1.0]}",
+    }
+    assert "multirun: 2 jobs: 2 finished, 0 skipped, 0 failed" in result.stdout
