@@ -163,3 +163,30 @@ def test_single_task_reproduces_the_runs(runs, cache_dir, tmp_path):
     table = json.loads(zeroshot_file.read_text())
     assert all(k in table for k in json.loads(before))  # earlier references kept and reused
     assert any("|Quadrants|" in k for k in table)  # the control's reference added
+
+
+def test_objective_and_direction(runs, cache_dir, tmp_path):
+    """merge.py returns what its protocol's objective names, in the stated direction: addition maximises
+    the mean normalised validation accuracy at α*, negation minimises the negated tasks' validation accuracy."""
+    addition = run_merge(merge_cfg(runs, cache_dir, tmp_path / "a", "experiment=quickstart_addition"))
+    best = addition["val_curves"]["normalized mean"][addition["alphas"].index(addition["chosen_alpha"])]
+    assert addition["objective"] == {"metric": "val_norm", "direction": "maximize", "value": best}
+    negation = run_merge(merge_cfg(runs, cache_dir, tmp_path / "n", "experiment=quickstart_negation"))
+    targets = [
+        negation["val_curves"][f"{t} target"][negation["alphas"].index(negation["per_task"][t]["alpha"])]
+        for t in TASKS
+    ]
+    assert negation["objective"]["direction"] == "minimize" and negation["objective"]["metric"] == "target_val"
+    assert negation["objective"]["value"] == pytest.approx(sum(targets) / len(targets))
+
+
+def test_same_report_is_skipped_and_settings_select_runs(runs, cache_dir, tmp_path):
+    """A report with the same settings and inputs is not recomputed; a training setting named on the
+    command line selects the runs that have it (and none have lr 0.002)."""
+    out = tmp_path / "report"
+    first = run_merge(merge_cfg(runs, cache_dir, out, "experiment=quickstart_addition", "optim.lr=0.001"))
+    assert first["identity"]["selected_by"] == {"optim.lr": 0.001}
+    again = run_merge(merge_cfg(runs, cache_dir, out, "experiment=quickstart_addition", "optim.lr=0.001"))
+    assert getattr(again, "skipped", False) and again["mean"] == first["mean"]
+    with pytest.raises(OrthoRegError, match=r"no finished run .*optim\.lr=0\.002"):
+        run_merge(merge_cfg(runs, cache_dir, tmp_path / "other", "experiment=quickstart_addition", "optim.lr=0.002"))
