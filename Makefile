@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 
 QUICKSTART_TASKS := digits,shapes,colors,patterns
 
+# Re-running it skips finished runs and reports and resumes interrupted ones; `make clean` starts afresh.
 quickstart: setup
-	rm -rf runs/quickstart reports/quickstart
 	$(PY) train.py -m experiment=quickstart dataset=$(QUICKSTART_TASKS) mode=standard,standard_ortho
 	$(PY) merge.py -m experiment=quickstart_addition mode=standard,standard_ortho
 	$(PY) merge.py -m experiment=quickstart_negation mode=standard,standard_ortho

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orthoreg_pl.evaluation.report import pct
-from orthoreg_pl.run_folder import META_FILE, read_meta
+from orthoreg_pl.run_folder import FINISHED, META_FILE, read_meta, run_status
 
 REPORT_FILE = "report.json"
 
@@ -23,6 +23,7 @@ REPORT_FILE = "report.json"
 def collect_runs(runs_dir: str | Path) -> list[dict]:
     """meta.json of every finished run below ``runs_dir``, sorted by task, mode and λ."""
     metas = [read_meta(p.parent) for p in sorted(Path(runs_dir).rglob(META_FILE))]
+    metas = [m for m in metas if run_status(m) == FINISHED]
     return sorted(metas, key=lambda m: (m["task"], m["mode"], m["ortho"]["lam"], m["seed"]))
 
 
