@@ -259,3 +259,20 @@ def test_csv_logger_appends_to_a_resumed_runs_history(tmp_path):
         logger.save()
     lines = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     assert lines[0] == "step,train/loss" and len(lines) == 4
+
+
+def test_sigusr1_requeues_the_slurm_job(tmp_path, monkeypatch):
+    """Under SLURM the pre-emption signal ends in ``scontrol requeue <job>`` (array jobs: <array>_<task>)."""
+    from orthoreg_pl.lifecycle import requeue_slurm_job
+
+    fake = tmp_path / "bin" / "scontrol"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    requeue_slurm_job()
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
+    requeue_slurm_job()
+    assert (tmp_path / "calls").read_text().splitlines() == ["requeue 123", "requeue 77_4"]
