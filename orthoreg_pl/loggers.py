@@ -11,6 +11,7 @@ import csv
 import netrc
 import os
 import sys
+from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -37,6 +38,17 @@ def log_run_config(loggers: list[Logger], cfg: DictConfig, identity: dict) -> No
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams({"config": config, "identity": identity})
+
+
+def log_task_vector_artifact(loggers: list[Logger], path: Path, identity_hash: str) -> None:
+    """The finished run's task_vector.safetensors as a W&B artifact (``wandb_task_vector_artifact=true``)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            artifact = wandb.Artifact(f"task_vector-{identity_hash}", type="task_vector")
+            artifact.add_file(str(path))
+            logger.experiment.log_artifact(artifact)
 
 
 def finish_wandb(exit_code: int = 0) -> None:

@@ -118,7 +118,9 @@ def set_status(run_dir: str | Path, meta: dict, status: str, reason: str | None 
     return meta
 
 
-def publish_run(run_dir: str | Path, tensors: dict[str, Tensor], meta: dict, config_yaml: str, **fields) -> dict:
+def publish_run(
+    run_dir: str | Path, tensors: dict[str, Tensor], meta: dict, config_yaml: str, **fields
+) -> dict:
     """Write config and task vector, then mark the run finished in meta.json (each atomically)."""
     from orthoreg_pl.task_vectors import TASK_VECTOR_FILE, save_task_vector  # task_vectors reads run folders
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from orthoreg_pl.data import TaskDataModule
 from orthoreg_pl.errors import OrthoRegError, RunFailed, RunInterrupted
 from orthoreg_pl.lifecycle import RunLifecycle
-from orthoreg_pl.loggers import finish_wandb, log_run_config
+from orthoreg_pl.loggers import finish_wandb, log_run_config, log_task_vector_artifact
 from orthoreg_pl.models import build_classifier, preprocess_config, pretrained_identity
 from orthoreg_pl.modules import FineTuneModule
 from orthoreg_pl.run_folder import (
@@ -42,6 +42,7 @@ from orthoreg_pl.run_folder import (
     write_meta,
 )
 from orthoreg_pl.run_identity import differing, identity_hash, identity_settings
+from orthoreg_pl.task_vectors import TASK_VECTOR_FILE
 
 log = logging.getLogger(__name__)
 # The run folder holds meta.json before the first checkpoint; Lightning's notice about it is noise.
@@ -252,4 +253,6 @@ def _fit_and_publish(
         return {**meta, **fields, "status": FINISHED}
     meta = publish_run(run_dir, task_vector, meta, OmegaConf.to_yaml(cfg, resolve=True), **fields)
     log.info("run folder written: %s", run_dir)
+    if cfg.get("wandb_task_vector_artifact"):
+        log_task_vector_artifact(trainer.loggers, run_dir / TASK_VECTOR_FILE, meta["identity"]["hash"])
     return meta

@@ -219,6 +219,7 @@ def test_multirun_skips_finished_and_resumes_only_unfinished(tmp_path, cache_dir
         "mode=standard",
         "optim.lr=0.001,0.002",
         "logger=wandb",
+        "wandb_task_vector_artifact=true",
         "trainer.max_steps=2",
         "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1",
@@ -238,6 +239,7 @@ def test_multirun_skips_finished_and_resumes_only_unfinished(tmp_path, cache_dir
     assert len({r.run_id for r in wandb_runs}) == 2 and all(r.exit_code == 0 for r in wandb_runs)
     assert sorted(r.config["config"]["optim"]["lr"] for r in wandb_runs) == [0.001, 0.002]
     assert len({r.group for r in wandb_runs}) == 1 and wandb_runs[0].group.startswith("train-")
+    assert all(any(a.startswith("task_vector-") for a in r.artifacts) for r in wandb_runs)
 
     rc, output = run()
     assert rc == 0 and output.count("skipped:") == 2 and "2 jobs: 0 finished, 2 skipped" in output, output

@@ -176,7 +176,9 @@ def test_objective_and_direction(runs, cache_dir, tmp_path):
         negation["val_curves"][f"{t} target"][negation["alphas"].index(negation["per_task"][t]["alpha"])]
         for t in TASKS
     ]
-    assert negation["objective"]["direction"] == "minimize" and negation["objective"]["metric"] == "target_val"
+    assert (
+        negation["objective"]["direction"] == "minimize" and negation["objective"]["metric"] == "target_val"
+    )
     assert negation["objective"]["value"] == pytest.approx(sum(targets) / len(targets))
 
 
@@ -189,4 +191,6 @@ def test_same_report_is_skipped_and_settings_select_runs(runs, cache_dir, tmp_pa
     again = run_merge(merge_cfg(runs, cache_dir, out, "experiment=quickstart_addition", "optim.lr=0.001"))
     assert getattr(again, "skipped", False) and again["mean"] == first["mean"]
     with pytest.raises(OrthoRegError, match=r"no finished run .*optim\.lr=0\.002"):
-        run_merge(merge_cfg(runs, cache_dir, tmp_path / "other", "experiment=quickstart_addition", "optim.lr=0.002"))
+        run_merge(
+            merge_cfg(runs, cache_dir, tmp_path / "other", "experiment=quickstart_addition", "optim.lr=0.002")
+        )
