@@ -6,7 +6,7 @@ Hydra composes configs/merge.yaml; the report folder gets report.json, report.md
 import hydra
 from omegaconf import DictConfig
 
-from orthoreg_pl.cli import objective, result_field, run_or_exit
+from orthoreg_pl.cli import check_experiment_kind, objective, result_field, run_or_exit
 from orthoreg_pl.evaluation.pipeline import run_merge
 
 
@@ -18,4 +18,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_experiment_kind("merge")
     main()

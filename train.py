@@ -7,7 +7,7 @@ runs are skipped, unfinished ones resumed, and a failed job does not stop the sw
 import hydra
 from omegaconf import DictConfig
 
-from orthoreg_pl.cli import objective, result_field, run_or_exit
+from orthoreg_pl.cli import check_experiment_kind, objective, result_field, run_or_exit
 from orthoreg_pl.training import train
 
 
@@ -19,4 +19,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_experiment_kind("train")
     main()

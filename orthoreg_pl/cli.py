@@ -17,13 +17,41 @@ from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from orthoreg_pl.errors import OrthoRegError, RunFailed, RunInterrupted
 from orthoreg_pl.sweep_summary import record_outcome
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiment"
+COMMANDS = {"train": "python train.py", "merge": "python merge.py", "campaign": "python -m orthoreg_pl.campaign"}
+
+
+def experiment_kind(name: str) -> str | None:
+    """``experiment_kind`` of configs/experiment/<name>.yaml (None: no such file; Hydra says so)."""
+    path = EXPERIMENT_DIR / f"{name}.yaml"
+    return OmegaConf.load(path).get("experiment_kind") if path.is_file() else None
+
+
+def check_experiment_kind(kind: str, argv: list[str] | None = None) -> None:
+    """Refuse, before Hydra composes anything, an experiment meant for another script: Hydra's own
+    error would be "Could not override 'protocol'", which says nothing about the mix-up."""
+    argv = sys.argv[1:] if argv is None else argv
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") != "experiment":
+            continue
+        for name in value.split(","):
+            theirs = experiment_kind(name.strip())
+            if theirs is not None and theirs != kind:
+                mine = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml") if experiment_kind(p.stem) == kind)
+                print(
+                    f"error: experiment={name} is a {theirs} experiment: run {COMMANDS[theirs]} experiment={name} "
+                    f"({COMMANDS[kind]} takes the {kind} experiments: {', '.join(mine)})",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
 
 
 def remove_empty_run_dir(run_dir: Path, stop_at: Path) -> None:

@@ -29,12 +29,16 @@ OUTCOMES = ("finished", "skipped", "failed", "interrupted")
 
 
 def record_outcome(outcome: str, message: str = "") -> None:
-    """Append this job's outcome to the multirun's log (nothing outside a multirun)."""
+    """Append this job's outcome and output folder to the multirun's log (nothing outside a multirun)."""
     path = os.environ.get(LOG_ENV)
     if not path:
         return
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    line = json.dumps({"overrides": overrides, "outcome": outcome, "message": message}) + "\n"
+    overrides, output_dir = [], None
+    if HydraConfig.initialized():
+        overrides = list(HydraConfig.get().overrides.task)
+        output_dir = HydraConfig.get().runtime.output_dir
+    entry = {"overrides": overrides, "outcome": outcome, "message": message, "output_dir": output_dir}
+    line = json.dumps(entry) + "\n"
     with open(path, "a") as f:  # one short append per job: atomic on a local or NFS file system
         f.write(line)
 
@@ -55,11 +59,19 @@ def summary_lines(outcomes: list[dict[str, Any]]) -> list[str]:
 
 
 class SweepSummary(Callback):
+    """A caller that launches the multirun (the campaign) may name the log file itself: it sets
+    ``ORTHOREG_SWEEP_LOG`` to a new file and reads the jobs' outcomes and output folders from it."""
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         started = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        folder = Path(config.hydra.sweep.dir) / ".multirun"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"{config.hydra.job.name}_{started}_{os.getpid()}.jsonl"
+        self.named_by_caller = bool(os.environ.get(LOG_ENV))
+        if self.named_by_caller:
+            self.path = Path(os.environ[LOG_ENV])
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            folder = Path(config.hydra.sweep.dir) / ".multirun"
+            folder.mkdir(parents=True, exist_ok=True)
+            self.path = folder / f"{config.hydra.job.name}_{started}_{os.getpid()}.jsonl"
         self.path.touch()
         os.environ[LOG_ENV] = str(self.path)
         os.environ.setdefault(GROUP_ENV, f"{config.hydra.job.name}-{started}")
@@ -68,6 +80,7 @@ class SweepSummary(Callback):
         outcomes = read_outcomes(self.path)
         for line in summary_lines(outcomes):
             print(line, flush=True)
-        os.environ.pop(LOG_ENV, None)
+        if not self.named_by_caller:
+            os.environ.pop(LOG_ENV, None)
         if any(o["outcome"] in ("failed", "interrupted") for o in outcomes):
             sys.exit(1)

@@ -1,0 +1,195 @@
+"""What a campaign runs: its grid checked against the real configs, then the multiruns that cover it.
+
+A campaign is a grid of modes × λ × seeds on one backbone and a set of tasks. Penalised modes
+(``*_ortho``) are trained at every λ; the other modes once (they are the λ = 0 reference), so the grid
+becomes at most two training multiruns and two merge multiruns (addition and negation swept together
+through their experiments). Every mode, task and experiment is composed here, with Hydra's compose
+API, before anything is launched: a typo stops the campaign at once with what is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from orthoreg_pl.config import format_lambda
+from orthoreg_pl.data.layouts import LAYOUTS
+from orthoreg_pl.data.registry import get_task
+from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.run_identity import identity_hash
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass(frozen=True)
+class Multirun:
+    """One ``train.py -m`` or ``merge.py -m`` call: the jobs of one stage for one group of modes."""
+
+    script: str  # "train.py" or "merge.py"
+    label: str  # names its outcome log, e.g. "train-penalized"
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CampaignPlan:
+    name: str
+    arch: str
+    tasks: dict[str, str]  # dataset config name -> task name (digits -> Digits)
+    penalized: tuple[str, ...]  # modes trained at every λ
+    plain: tuple[str, ...]  # modes without the penalty: the λ = 0 reference
+    lambdas: tuple[float, ...]
+    seeds: tuple[int, ...]
+    protocols: tuple[str, ...]  # "addition", "negation" when its control task is present
+    skipped_protocols: dict[str, str]  # protocol -> why it does not run
+    train: tuple[Multirun, ...]
+    merge: tuple[Multirun, ...]
+    settings: dict  # what identifies the campaign (its W&B run id)
+
+    @property
+    def identity(self) -> str:
+        return identity_hash(self.settings)
+
+    def points(self) -> list[tuple[str, float, int]]:
+        """Every (mode, λ, seed) the summary has a row for (λ = 0 for modes without the penalty)."""
+        rows = [(m, lam, s) for m in self.penalized for lam in self.lambdas for s in self.seeds]
+        return rows + [(m, 0.0, s) for m in self.plain for s in self.seeds]
+
+
+def _compose(config_name: str, overrides: list[str], what: str) -> DictConfig:
+    try:
+        return compose(config_name, overrides=overrides)
+    except HydraException as err:
+        first = str(err).splitlines()[0]
+        raise OrthoRegError(f"{what} does not compose ({first})") from None
+
+
+def _lambdas(values) -> tuple[float, ...]:
+    out = []
+    for raw in values:
+        try:
+            lam = float(raw)
+        except (TypeError, ValueError):
+            raise OrthoRegError(f"lambdas has {raw!r}; expected finite numbers λ > 0") from None
+        if not math.isfinite(lam) or lam <= 0:
+            raise OrthoRegError(
+                f"lambdas has {raw!r}; expected finite numbers λ > 0 (λ = 0 is the plain mode, e.g. standard)"
+            )
+        out.append(lam)
+    if len(set(out)) != len(out):
+        raise OrthoRegError(f"lambdas={list(values)} repeats a value")
+    return tuple(out)
+
+
+def _seeds(values) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in values)
+    except (TypeError, ValueError):
+        raise OrthoRegError(f"seeds={list(values)}; expected a list of integers") from None
+    if not seeds:
+        raise OrthoRegError("seeds is empty; expected at least one seed, e.g. seeds=[0]")
+    return seeds
+
+
+def control_present(task: str, data_root: str | Path) -> bool:
+    """Generated tasks are always there; a real dataset when its folder is under the data root."""
+    if not get_task(task).needs_data_root:
+        return True
+    layout = LAYOUTS.get(task)
+    return layout is not None and (Path(data_root) / layout.folder).is_dir()
+
+
+def common_overrides(cfg: DictConfig) -> list[str]:
+    """Given to every job: the campaign's paths (so its jobs read and write where it does), the seeds,
+    the learning rate if the campaign sets one, and the user's extra overrides."""
+    out = [f"paths.{key}={Path(cfg.paths[key]).resolve()}" for key in ("root_dir", "data_root", "cache_dir")]
+    if cfg.get("lr") is not None:
+        out.append(f"optim.lr={float(cfg.lr)!r}")
+    return out + [str(o) for o in cfg.overrides.all]
+
+
+def make_plan(cfg: DictConfig) -> CampaignPlan:
+    """Check the campaign's grid and turn it into multiruns (see the module docstring)."""
+    experiments = cfg.experiments
+    common = common_overrides(cfg)
+    datasets = [str(d) for d in cfg.datasets]
+    modes = [str(m) for m in cfg.modes]
+    if not datasets:
+        raise OrthoRegError(
+            "datasets is empty; expected the tasks to fine-tune, e.g. datasets=[digits,shapes]"
+        )
+    if not modes:
+        raise OrthoRegError("modes is empty; expected e.g. modes=[standard,standard_ortho]")
+    lambdas, seeds = _lambdas(cfg.lambdas), _seeds(cfg.seeds)
+    train_base = [f"experiment={experiments.train}", *common, *[str(o) for o in cfg.overrides.train]]
+    tasks, penalized, plain, arch = {}, [], [], None
+    for dataset in datasets:
+        composed = _compose("train", [*train_base, f"dataset={dataset}"], f"dataset={dataset}")
+        tasks[dataset] = str(composed.dataset.name)
+        arch = str(composed.model.arch)
+    for mode in modes:
+        composed = _compose("train", [*train_base, f"dataset={datasets[0]}", f"mode={mode}"], f"mode={mode}")
+        (penalized if composed.mode.penalized else plain).append(mode)
+    if penalized and not lambdas:
+        raise OrthoRegError(f"lambdas is empty but modes {penalized} need λ; e.g. lambdas=[0.1,1,10]")
+
+    merge_base = [*common, f"tasks=[{','.join(tasks.values())}]", *[str(o) for o in cfg.overrides.merge]]
+    running, skipped = {}, {}  # protocol -> its merge experiment
+    for protocol in ("addition", "negation"):
+        experiment = experiments.get(protocol)
+        if experiment is None:
+            skipped[protocol] = "no experiment configured"
+            continue
+        composed = _compose("merge", [f"experiment={experiment}", *merge_base], f"experiment={experiment}")
+        if composed.protocol.name != protocol:
+            raise OrthoRegError(
+                f"experiments.{protocol}={experiment} runs protocol {composed.protocol.name!r}, not {protocol!r}"
+            )
+        control = composed.protocol.get("control")
+        if protocol == "negation" and not control_present(control, composed.paths.data_root):
+            skipped[protocol] = f"control task {control} not found under {composed.paths.data_root}"
+            continue
+        running[protocol] = str(experiment)
+
+    seed_list = ",".join(str(s) for s in seeds)
+    lam_list = ",".join(format_lambda(lam) for lam in lambdas)
+    launcher = [f"hydra/launcher={cfg.launcher}"]
+    groups = [("penalized", penalized, [f"ortho.lam={lam_list}"]), ("plain", plain, [])]
+    train, merge = [], []
+    for group, group_modes, lam_override in groups:
+        if not group_modes:
+            continue
+        grid = [f"mode={','.join(group_modes)}", *lam_override, f"seed={seed_list}"]
+        jobs = (*train_base, f"dataset={','.join(datasets)}", *grid, *launcher)
+        train.append(Multirun("train.py", f"train-{group}", jobs))
+        if running:
+            sweep = f"experiment={','.join(running.values())}"
+            merge.append(Multirun("merge.py", f"merge-{group}", (sweep, *merge_base, *grid, *launcher)))
+    settings = {
+        "name": str(cfg.name),
+        "tasks": list(tasks.values()),
+        "modes": modes,
+        "lambdas": list(lambdas),
+        "seeds": list(seeds),
+        "experiments": OmegaConf.to_container(experiments, resolve=True),
+        "overrides": OmegaConf.to_container(cfg.overrides, resolve=True),
+        "lr": cfg.get("lr"),
+    }
+    return CampaignPlan(
+        name=str(cfg.name),
+        arch=arch,
+        tasks=tasks,
+        penalized=tuple(penalized),
+        plain=tuple(plain),
+        lambdas=lambdas,
+        seeds=seeds,
+        protocols=tuple(running),
+        skipped_protocols=skipped,
+        train=tuple(train),
+        merge=tuple(merge),
+        settings=settings,
+    )

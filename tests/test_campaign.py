@@ -1,0 +1,200 @@
+"""λ campaigns: the plan checked against the real configs, the quickstart campaign end to end (train,
+merge, summary, W&B), a re-run that trains nothing, and an Optuna search whose study resumes.
+
+The campaigns here are the quickstart campaign made small: two tasks, 6 optimizer steps per run and a
+3-point α grid, so each finishes in about a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CONFIG_DIR, PROJECT_ROOT
+from hydra import compose, initialize_config_dir
+from test_lifecycle import env
+from wandb_offline import offline_run_dirs, read_offline_run
+
+from orthoreg_pl import OrthoRegError
+from orthoreg_pl.campaign import make_plan
+from orthoreg_pl.campaign.summary import COLUMNS
+from orthoreg_pl.cli import check_experiment_kind
+
+SMALL = [
+    "experiment=campaign_quickstart",
+    "datasets=[digits,shapes]",
+    'overrides.train=["trainer.max_steps=6","trainer.enable_progress_bar=false"]',
+    'overrides.merge=["protocol.alphas=[0,0.5,1]"]',
+]
+METRICS = [c for c in COLUMNS if c not in ("mode", "lam", "seed", "status")]
+
+
+def campaign(args: list[str], root: Path, cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "orthoreg_pl.campaign", *args, f"paths.root_dir={root}"],
+        cwd=PROJECT_ROOT,
+        env=env(cache, root),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def plan_of(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("campaign", overrides=list(overrides))
+        return make_plan(cfg)
+
+
+# ---- the plan -----------------------------------------------------------------------------------
+
+
+def test_plan_splits_modes_by_penalty_and_sweeps_protocols_together(tmp_path):
+    plan = plan_of(*SMALL, f"paths.root_dir={tmp_path}", "launcher=joblib")
+    assert plan.penalized == ("standard_ortho",) and plan.plain == ("standard",)
+    assert plan.tasks == {"digits": "Digits", "shapes": "Shapes"}
+    assert plan.protocols == ("addition", "negation")  # the control (Quadrants) is generated: present
+    assert len(plan.points()) == 3 + 1
+    penalized, plain = plan.train
+    assert "ortho.lam=0.01,0.1,1" in penalized.overrides and "mode=standard_ortho" in penalized.overrides
+    assert not any(o.startswith("ortho.lam") for o in plain.overrides)
+    assert "dataset=digits,shapes" in penalized.overrides and "hydra/launcher=joblib" in penalized.overrides
+    merge = plan.merge[0].overrides
+    assert "experiment=quickstart_addition,quickstart_negation" in merge and "tasks=[Digits,Shapes]" in merge
+
+
+def test_plan_leaves_out_negation_when_its_control_is_missing(tmp_path):
+    plan = plan_of("experiment=campaign_vitb32", f"paths.data_root={tmp_path / 'nothing'}")
+    assert plan.protocols == ("addition",)
+    assert "ImageNet not found" in plan.skipped_protocols["negation"]
+    assert all("experiment=addition_vitb32" in m.overrides for m in plan.merge)
+    assert plan.arch == "ViT-B-32" and len(plan.tasks) == 8
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("modes=[standrd]", "mode=standrd does not compose"),
+        ("datasets=[digitz]", "dataset=digitz does not compose"),
+        ("lambdas=[-1]", "lambdas has -1"),
+        ("lambdas=[abc]", "lambdas has 'abc'"),
+        ("lambdas=[0.1,0.1]", "repeats a value"),
+        ("seeds=[]", "seeds is empty"),
+        ("experiments.addition=quickstart_negation", "runs protocol 'negation', not 'addition'"),
+    ],
+)
+def test_plan_refuses_bad_input_before_launching_anything(tmp_path, override, message):
+    with pytest.raises(OrthoRegError, match=message.replace("[", r"\[")):
+        plan_of(*SMALL, f"paths.root_dir={tmp_path}", override)
+
+
+@pytest.mark.parametrize(
+    "kind, experiment, theirs",
+    [
+        ("train", "quickstart_addition", "merge"),
+        ("merge", "quickstart", "train"),
+        ("train", "campaign_vitb32", "campaign"),
+    ],
+)
+def test_an_experiment_of_another_script_is_named_as_such(capsys, kind, experiment, theirs):
+    with pytest.raises(SystemExit) as exit_info:
+        check_experiment_kind(kind, [f"experiment={experiment}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"experiment={experiment} is a {theirs} experiment" in err and err.count("\n") == 1
+    check_experiment_kind(theirs, [f"experiment={experiment}"])  # the right script accepts it
+
+
+# ---- the quickstart campaign end to end ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("campaign")
+    done = campaign([*SMALL, "lambdas=[0.01,0.1,1]", "logger=wandb"], root, cache_dir)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folder = root / "campaigns" / "quickstart"
+    return root, folder, json.loads((folder / "summary.json").read_text()), done
+
+
+def test_campaign_summary_has_a_row_per_mode_and_lambda_with_every_column(ran):
+    root, folder, summary, _ = ran
+    assert [(r["mode"], r["lam"]) for r in summary["rows"]] == [
+        ("standard_ortho", 0.01),
+        ("standard_ortho", 0.1),
+        ("standard_ortho", 1.0),
+        ("standard", 0.0),
+    ]
+    for row in summary["rows"]:
+        assert row["status"] == "ok"
+        assert all(isinstance(row[c], float) for c in METRICS), row
+    with open(folder / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == list(COLUMNS) and len(table) == 4
+    assert "| standard_ortho | 0.01 | 0 |" in (folder / "summary.md").read_text()
+    assert len(list((root / "runs").rglob("task_vector.safetensors"))) == 2 * 4
+
+
+def test_campaign_objective_is_the_value_in_the_matching_merge_report(ran):
+    _, _, summary, _ = ran
+    for row in summary["rows"]:
+        report = json.loads((Path(row["reports"]["addition"]) / "report.json").read_text())
+        assert (report["mode"], report["lam"]) == (row["mode"], row["lam"])
+        assert row["objective"] == report["objective"]["value"] == row["addition_val_norm"]
+        assert row["addition_test_norm"] == report["mean"]["norm"]
+        negation = json.loads((Path(row["reports"]["negation"]) / "report.json").read_text())
+        assert row["negation_target_test"] == negation["mean"]["target"]
+        refs = report["references"]
+        expected = sum(r["finetuned"]["test"] for r in refs.values()) / len(refs)
+        assert row["single_finetuned_test"] == pytest.approx(expected)
+    best = max(summary["rows"], key=lambda r: r["objective"])
+    assert summary["objective"]["value"] == best["objective"]
+    assert summary["objective"]["best"] == {"mode": best["mode"], "lam": best["lam"], "seed": 0}
+
+
+def test_campaign_plot_and_wandb_run(ran):
+    _, folder, summary, _ = ran
+    png = (folder / "summary.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width >= 1000 and height >= 700
+    (run,) = [read_offline_run(d) for d in offline_run_dirs(folder)]
+    assert run.exit_code == 0 and run.job_type == "campaign" and run.group == "campaign-quickstart"
+    assert run.summary["campaign/objective"] == pytest.approx(summary["objective"]["value"])
+    logged = {key for row in run.history for key in row}
+    assert {"campaign/summary", "campaign/summary_plot", "campaign/objective_vs_lambda_table"} <= logged
+    assert f"campaign-{summary['identity']}" in run.artifacts
+
+
+def test_campaign_rerun_trains_and_merges_nothing(ran, cache_dir):
+    root, folder, first, _ = ran
+    metas = {p: p.stat().st_mtime_ns for p in (root / "runs").rglob("meta.json")}
+    done = campaign([*SMALL, "lambdas=[0.01,0.1,1]", "logger=none"], root, cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads((folder / "summary.json").read_text())
+    assert all(s["jobs"]["finished"] == 0 and s["jobs"]["failed"] == 0 for s in again["stages"])
+    assert sum(s["jobs"]["skipped"] for s in again["stages"]) == 8 + 4 * 2
+    assert {p: p.stat().st_mtime_ns for p in metas} == metas
+    assert [r["objective"] for r in again["rows"]] == [r["objective"] for r in first["rows"]]
+
+
+def test_campaign_with_a_failing_point_reports_it_and_exits_1(tmp_path, cache_dir):
+    """λ so large that λ·penalty overflows: that row names the failure, the others are scored."""
+    args = [
+        *SMALL[:2],
+        "lambdas=[1e39]",
+        'overrides.train=["trainer.max_steps=3"]',
+        "experiments.negation=null",
+    ]
+    args += ['overrides.merge=["protocol.alphas=[0,1]"]', "logger=none", "datasets=[digits]"]
+    done = campaign(args, tmp_path, cache_dir)
+    assert done.returncode == 1
+    assert "error: campaign quickstart: 1 training and 1 merge job(s) failed" in done.stderr
+    summary = json.loads((tmp_path / "campaigns" / "quickstart" / "summary.json").read_text())
+    bad, good = summary["rows"]
+    assert "non-finite loss" in bad["status"] and bad["objective"] is None
+    assert good["mode"] == "standard" and good["status"] == "ok" and summary["objective"]["value"] is not None
