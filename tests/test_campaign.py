@@ -198,3 +198,36 @@ def test_campaign_with_a_failing_point_reports_it_and_exits_1(tmp_path, cache_di
     bad, good = summary["rows"]
     assert "non-finite loss" in bad["status"] and bad["objective"] is None
     assert good["mode"] == "standard" and good["status"] == "ok" and summary["objective"]["value"] is not None
+
+
+# ---- the Optuna search ----------------------------------------------------------------------------
+
+
+def test_optuna_search_scores_trials_by_the_merged_objective_and_resumes(tmp_path, cache_dir):
+    """Two trials, then one more in a second call: the study in optuna.db keeps all three, each trial's
+    value is the objective of its campaign point's summary, and its λ is the λ that point trained."""
+    import optuna
+
+    args = [
+        "-m",
+        "experiment=campaign_quickstart",
+        "hparams_search=lambda_optuna",
+        "datasets=[digits]",
+        'overrides.train=["trainer.max_steps=4","trainer.enable_progress_bar=false"]',
+        'overrides.merge=["protocol.alphas=[0,0.5,1]"]',
+        "experiments.negation=null",
+        "logger=none",
+    ]
+    for trials in (2, 1):
+        done = campaign([*args, f"hydra.sweeper.n_trials={trials}"], tmp_path, cache_dir)
+        assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "campaigns" / "quickstart"
+    study = optuna.load_study(study_name="quickstart-lambda", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    for trial in study.trials:
+        lam = trial.params["lam"]
+        summary = json.loads((folder / "search" / f"lam{lam:g}" / "summary.json").read_text())
+        (row,) = summary["rows"]
+        assert row["mode"] == "standard_ortho" and row["lam"] == pytest.approx(lam)
+        assert trial.value == pytest.approx(summary["objective"]["value"])
+    assert len({t.params["lam"] for t in study.trials}) == 3

@@ -124,7 +124,8 @@ def make_plan(cfg: DictConfig) -> CampaignPlan:
         )
     if not modes:
         raise OrthoRegError("modes is empty; expected e.g. modes=[standard,standard_ortho]")
-    lambdas, seeds = _lambdas(cfg.lambdas), _seeds(cfg.seeds)
+    lambdas = _lambdas(cfg.lambdas if cfg.get("lam") is None else [cfg.lam])
+    seeds = _seeds(cfg.seeds)
     train_base = [f"experiment={experiments.train}", *common, *[str(o) for o in cfg.overrides.train]]
     tasks, penalized, plain, arch = {}, [], [], None
     for dataset in datasets:

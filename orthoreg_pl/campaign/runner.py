@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SCRIPTS_DIR = Path(__file__).resolve().parents[2]  # where train.py and merge.py live
 JOBS_DIR = ".jobs"  # under the campaign folder: one outcome log per multirun
 BAD = ("failed", "interrupted")
+WANDB_AGENT_ENV = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH")
 
 
 @dataclass
@@ -54,7 +55,9 @@ def run_multirun(multirun: Multirun, jobs_dir: Path, group: str) -> StageResult:
     outcome_log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(SCRIPTS_DIR / multirun.script), "-m", *multirun.overrides]
     log.info("campaign: %s", shlex.join(command))
-    env = {**os.environ, LOG_ENV: str(outcome_log), GROUP_ENV: group}
+    # A W&B agent's run belongs to the campaign process; its jobs log runs of their own.
+    env = {k: v for k, v in os.environ.items() if k not in WANDB_AGENT_ENV}
+    env.update({LOG_ENV: str(outcome_log), GROUP_ENV: group})
     start = time.perf_counter()
     done = subprocess.run(command, env=env)  # in the campaign's working directory
     seconds = time.perf_counter() - start

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -319,9 +320,10 @@ def log_summary(cfg: DictConfig, plan: CampaignPlan, summary: dict, folder: Path
 
     from orthoreg_pl.loggers import finish_wandb
 
+    under_agent = bool(os.environ.get("WANDB_SWEEP_ID"))  # `wandb agent` made this process's run
     logger = instantiate(
         wandb_cfg,
-        id=f"campaign-{plan.identity}",
+        id=os.environ.get("WANDB_RUN_ID") if under_agent else f"campaign-{plan.identity}",
         name=f"campaign/{plan.name}",
         group=f"campaign-{plan.name}",
         job_type="campaign",
