@@ -60,7 +60,7 @@ def test_plan_splits_modes_by_penalty_and_sweeps_protocols_together(tmp_path):
     assert plan.protocols == ("addition", "negation")  # the control (Quadrants) is generated: present
     assert len(plan.points()) == 3 + 1
     penalized, plain = plan.train
-    assert "ortho.lam=0.01,0.1,1" in penalized.overrides and "mode=standard_ortho" in penalized.overrides
+    assert "ortho.lam=0.01,0.1,1.0" in penalized.overrides and "mode=standard_ortho" in penalized.overrides
     assert not any(o.startswith("ortho.lam") for o in plain.overrides)
     assert "dataset=digits,shapes" in penalized.overrides and "hydra/launcher=joblib" in penalized.overrides
     merge = plan.merge[0].overrides

@@ -17,7 +17,6 @@ from hydra import compose
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from orthoreg_pl.config import format_lambda
 from orthoreg_pl.data.layouts import LAYOUTS
 from orthoreg_pl.data.registry import get_task
 from orthoreg_pl.errors import OrthoRegError
@@ -157,7 +156,7 @@ def make_plan(cfg: DictConfig) -> CampaignPlan:
         running[protocol] = str(experiment)
 
     seed_list = ",".join(str(s) for s in seeds)
-    lam_list = ",".join(format_lambda(lam) for lam in lambdas)
+    lam_list = ",".join(repr(lam) for lam in lambdas)  # exact: a searched λ trains as proposed
     launcher = [f"hydra/launcher={cfg.launcher}"]
     groups = [("penalized", penalized, [f"ortho.lam={lam_list}"]), ("plain", plain, [])]
     train, merge = [], []

@@ -64,8 +64,8 @@ def _point_of(overrides: dict[str, str], plan: CampaignPlan) -> tuple[str, float
     return mode, lam, int(overrides["seed"])
 
 
-def _key(mode: str, lam: float, seed: int) -> tuple[str, str, int]:
-    return mode, f"{lam:g}", seed
+def _key(mode: str, lam: float, seed: int) -> tuple[str, float, int]:
+    return mode, float(lam), int(seed)
 
 
 def _mean(values) -> float | None:
