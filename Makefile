@@ -4,7 +4,10 @@ SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# Extras of pyproject.toml to install; `make setup EXTRAS=dev,sweeps,ray` adds the Ray launcher (opt-in).
+EXTRAS ?= dev,sweeps
+comma  := ,
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: setup quickstart test lint bench clean
 
@@ -13,7 +16,7 @@ setup: $(STAMP)
 # Re-installs only when pyproject.toml changes; pip takes torch from the local wheel cache when it can.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(PY) -c "import orthoreg_pl, callbacks, torch, lightning, open_clip, hydra"
 	touch $(STAMP)
 

@@ -6,6 +6,13 @@ SIGTERM or SIGUSR1 (SLURM's pre-emption warning, ``--signal=SIGUSR1@90``) it sav
 the next optimizer-step boundary, requeues the job under SLURM, and stops the run with
 :class:`~orthoreg_pl.errors.RunInterrupted`; it never lets a checkpoint with non-finite weights be
 written. The non-finite loss check sits in the module's ``training_step`` (``modules/base.py``).
+
+Inside a submitit job (``hydra/launcher=slurm``) the pre-emption signal is submitit's (SIGUSR2 unless
+``SUBMITIT_PREEMPT_SIGNAL`` says otherwise; SIGUSR1 is treated alike): after saving ``last.ckpt`` the
+lifecycle hands the signal to submitit's own handler, which our handler replaced. submitit then
+checkpoints the submitted callable (Hydra's launcher resubmits the same job), requeues the job and exits
+without a result, so the launcher keeps waiting and the requeued job resumes from ``last.ckpt``; the
+run stops with :class:`RunRequeued`, a ``SystemExit`` carrying submitit's exit status.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import os
 import random
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import lightning as L
 import numpy as np
@@ -48,6 +56,38 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def submitit_preemption_signal() -> int | None:
+    """The signal on which submitit checkpoints and requeues this job; None outside a submitit job.
+
+    submitit exports ``SUBMITIT_EXECUTOR`` (``slurm``, ``local``) to the job and installs its handler for
+    this signal before it calls the submitted function."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    try:
+        import submitit
+
+        return int(submitit.JobEnvironment()._usr_sig())
+    except Exception as err:  # not installed, or an environment it does not recognise
+        log.debug("SUBMITIT_EXECUTOR is set but no submitit job environment: %s", err)
+        return None
+
+
+class RunRequeued(SystemExit):
+    """submitit requeued the job after the lifecycle saved ``last.ckpt``; the requeued job resumes from it.
+
+    A ``SystemExit`` with submitit's exit status (-1; 144 under its local executor, which requeues on
+    that status), like the one submitit's handler raises: the entry point records no outcome for this
+    attempt and submitit writes no result, so the launcher waits for the requeued job."""
+
+    def __init__(self, message: str, code: int | str | None, signum: int) -> None:
+        super().__init__(code)
+        self.message = message
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def requeue_slurm_job() -> None:
     """``scontrol requeue`` this SLURM job (array jobs included), as Lightning's own requeue does."""
     job = os.environ.get("SLURM_JOB_ID")
@@ -73,26 +113,69 @@ class RunLifecycle(L.Callback):
         self.pending_signal: int | None = None
         self._fitting = False
         self._step_before = 0
+        self._previous: dict[int, object] = {}  # the handlers ours replaced
+        self._submitit_signal: int | None = None
 
     # ---- signals ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def signal_handlers(self) -> Iterator[None]:
-        """Handle SIGTERM and SIGUSR1 for the duration of the run (installed before Lightning's own, so
-        Lightning keeps ours and does not save its mid-step SLURM checkpoint)."""
-        previous = {s: signal.signal(s, self._on_signal) for s in HANDLED_SIGNALS}
+        """Handle SIGTERM and SIGUSR1 (and submitit's pre-emption signal inside a submitit job) for the
+        duration of the run (installed before Lightning's own, so Lightning keeps ours and does not save
+        its mid-step SLURM checkpoint)."""
+        self._submitit_signal = submitit_preemption_signal()
+        signals = dict.fromkeys(
+            [*HANDLED_SIGNALS, self._submitit_signal] if self._submitit_signal else HANDLED_SIGNALS
+        )
+        self._previous = {s: signal.signal(s, self._on_signal) for s in signals}
         try:
             yield
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+    def _submitit_handler(self, signum: int | None) -> Callable[..., object] | None:
+        """submitit's handler to hand ``signum`` to (None: handle it ourselves)."""
+        if self._submitit_signal is None or signum not in (signal.SIGUSR1, self._submitit_signal):
+            return None
+        handler = self._previous.get(self._submitit_signal)
+        return handler if callable(handler) else None
+
+    def _hand_over(self, handler: Callable[..., object], signum: int, where: str) -> NoReturn:
+        """Let submitit checkpoint the submission and requeue the job (``last.ckpt`` is already saved)."""
+        name = signal.Signals(signum).name
+        self._restore_handlers()  # the SIGTERM that the requeue sends goes to submitit's handler from now on
+        log.warning("%s %s: handing the signal to submitit to requeue this job", name, where)
+        try:
+            handler(signum, None)
+        except SystemExit as done:  # requeued: submitit exits
+            raise RunRequeued(
+                f"stopped by {name} {where}; submitit requeued the job, which resumes from {self.checkpoint_path}",
+                done.code,
+                signum,
+            ) from None
+        except Exception as err:  # not requeued (e.g. timed out max_num_timeout times), or scontrol failed
+            raise RunInterrupted(
+                f"stopped by {name} {where}; submitit did not requeue the job ({err}); run the same command "
+                f"again to resume from {self.checkpoint_path}",
+                signum,
+            ) from err
+        # submitit returns on every task but global rank 0, which requeues the whole job
+        raise RunRequeued(f"stopped by {name} {where}; submitit's global rank 0 requeues the job", -1, signum)
 
     def _on_signal(self, signum: int, _frame) -> None:
         name = signal.Signals(signum).name
         if not self._fitting:  # no optimizer step to wait for: stop now
+            handler = self._submitit_handler(signum)
+            if handler is not None:
+                self._hand_over(handler, signum, "outside training")
             raise RunInterrupted(f"received {name} outside training; nothing new to save", signum)
         log.warning("received %s: saving a checkpoint after this optimizer step, then stopping", name)
-        self.pending_signal = signum
+        if self._submitit_handler(self.pending_signal) is None:  # a pending requeue is not downgraded
+            self.pending_signal = signum
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fitting = True
@@ -118,6 +201,9 @@ class RunLifecycle(L.Callback):
             return
         signum = self.pending_signal or signal.SIGTERM
         trainer.save_checkpoint(self.checkpoint_path)
+        handler = self._submitit_handler(signum)
+        if handler is not None:
+            self._hand_over(handler, signum, f"at step {trainer.global_step}")
         if signum == signal.SIGUSR1 and trainer.is_global_zero:
             requeue_slurm_job()
         raise RunInterrupted(
