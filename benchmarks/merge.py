@@ -20,8 +20,8 @@ import lightning as L
 import torch
 
 from orthoreg_pl.data import QUICKSTART_TASKS, TaskDataModule, eval_dataloader
+from orthoreg_pl.evaluation.alphas import DEFAULT_ALPHAS
 from orthoreg_pl.evaluation.engine import MergeEvalModule, TangentDirectModule, evaluate_alphas
-from orthoreg_pl.evaluation.protocols import DEFAULT_ALPHAS
 from orthoreg_pl.models import TINY_ARCH, ImageClassifier, create_clip, load_or_build_head, preprocess_config
 
 ID = "random-init-seed0"

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from orthoreg_pl.evaluation.report import pct
+from orthoreg_pl.evaluation.report_files import pct
 from orthoreg_pl.run_folder import FINISHED, META_FILE, read_meta, run_status
 
 REPORT_FILE = "report.json"

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from orthoreg_pl.models.heads import load_prompts
+from orthoreg_pl.data.prompts import load_prompts
 
 SIZE = (20, 16)  # (width, height): not square, so resize + center crop both act
 

@@ -12,14 +12,14 @@ from torch.utils.data import TensorDataset
 
 from orthoreg_pl import OrthoRegError
 from orthoreg_pl.data import eval_dataloader
-from orthoreg_pl.evaluation.engine import MergeEvalModule, TangentDirectModule, evaluate_alphas
-from orthoreg_pl.evaluation.protocols import (
+from orthoreg_pl.evaluation.alphas import (
     DEFAULT_ALPHAS,
     check_alphas,
     normalized_mean_curve,
     select_addition_alpha,
     select_negation_alpha,
 )
+from orthoreg_pl.evaluation.engine import MergeEvalModule, TangentDirectModule, evaluate_alphas
 from orthoreg_pl.models.linearized import linearized_forward
 
 # ---- α selection against brute force ------------------------------------------------------------------

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from orthoreg_pl.evaluation.report import pct  # noqa: E402
+from orthoreg_pl.evaluation.report_files import pct  # noqa: E402
 from orthoreg_pl.utils.io import atomic_path, write_json, write_text  # noqa: E402
 
 if TYPE_CHECKING:

@@ -19,9 +19,9 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from orthoreg_pl.data.layouts import Layout
+from orthoreg_pl.data.prompts import load_prompts
 from orthoreg_pl.data.registry import TaskData
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.models.heads import load_prompts
 
 log = logging.getLogger(__name__)
 

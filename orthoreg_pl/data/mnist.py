@@ -13,9 +13,9 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from orthoreg_pl.data.files import ArrayImages
 from orthoreg_pl.data.layouts import LAYOUTS
+from orthoreg_pl.data.prompts import load_prompts
 from orthoreg_pl.data.registry import TaskData, TaskSpec, register_task
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.models.heads import load_prompts
 
 LAYOUT = LAYOUTS["MNIST"]
 FILES = (

@@ -10,9 +10,9 @@ import numpy as np
 
 from orthoreg_pl.data.files import ArrayImages, require_dir, require_file
 from orthoreg_pl.data.layouts import LAYOUTS
+from orthoreg_pl.data.prompts import load_prompts
 from orthoreg_pl.data.registry import TaskData, TaskSpec, register_task
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.models.heads import load_prompts
 
 LAYOUT = LAYOUTS["SVHN"]
 

@@ -8,7 +8,7 @@ from orthoreg_pl.models.clip import (
     preprocess_config,
     pretrained_identity,
 )
-from orthoreg_pl.models.heads import ZeroShotHead, load_or_build_head, load_prompts
+from orthoreg_pl.models.heads import ZeroShotHead, load_or_build_head
 
 __all__ = [
     "TINY_ARCH",
@@ -18,7 +18,6 @@ __all__ = [
     "check_architecture",
     "create_clip",
     "load_or_build_head",
-    "load_prompts",
     "preprocess_config",
     "pretrained_identity",
 ]

@@ -6,7 +6,6 @@ tower and reused by every run, mode and merge; the text tower is then no longer 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,13 +18,6 @@ from torch import Tensor, nn
 
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.utils.io import atomic_path, sha256_text
-
-_RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-
-
-def load_prompts() -> dict:
-    """The templates and fixed class names of the task-arithmetic literature (packaged data)."""
-    return json.loads((_RESOURCES / "zeroshot_prompts.json").read_text())
 
 
 @torch.no_grad()

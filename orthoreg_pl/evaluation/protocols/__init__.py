@@ -1,0 +1,10 @@
+"""The evaluation protocols, one module each; every one is ``(cfg, evaluator, vectors, alphas) -> body``
+of the report (alphas, val_curves, val_at_alpha, per_task, mean, ...). ``protocol.name`` picks one."""
+
+from orthoreg_pl.evaluation.protocols.addition import run_addition
+from orthoreg_pl.evaluation.protocols.negation import run_negation
+from orthoreg_pl.evaluation.protocols.single_task import run_single_task
+
+PROTOCOLS = {"addition": run_addition, "negation": run_negation, "single_task": run_single_task}
+
+__all__ = ["PROTOCOLS", "run_addition", "run_negation", "run_single_task"]

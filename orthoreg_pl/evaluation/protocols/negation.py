@@ -1,0 +1,56 @@
+"""Task negation (method.md §5): per task θ0 − α·τ, α keeping the control task above threshold × zero-shot."""
+
+from __future__ import annotations
+
+import statistics
+
+from omegaconf import DictConfig
+
+from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.evaluation.alphas import select_negation_alpha
+from orthoreg_pl.evaluation.evaluator import MergeEvaluator, zeroshot_reference
+from orthoreg_pl.evaluation.protocols.common import mean_row, references
+from orthoreg_pl.task_vectors import TaskVector
+
+
+def run_negation(
+    cfg: DictConfig, evaluator: MergeEvaluator, vectors: dict[str, TaskVector], alphas: list[float]
+) -> dict:
+    control = cfg.protocol.control
+    control_zeroshot = zeroshot_reference(cfg, evaluator, control)
+    if control_zeroshot["val"] <= 0:
+        raise OrthoRegError(
+            f"control task {control!r} has zero zero-shot validation accuracy: no reference to keep"
+        )
+    refs = references(vectors)
+    negative = [-a for a in alphas]
+    per_task, curves, target_val_at = {}, {}, {}
+    for task, vector in vectors.items():
+        target_val = evaluator.accuracy(task, "val", vector, negative)
+        control_val = evaluator.accuracy(control, "val", vector, negative)
+        best = select_negation_alpha(
+            alphas, target_val, control_val, control_zeroshot["val"], cfg.protocol.threshold
+        )
+        alpha = alphas[best]
+        curves[f"{task} target"], curves[f"{task} control"] = target_val, control_val
+        target_val_at[task] = target_val[best]
+        per_task[task] = {
+            "alpha": alpha,
+            "zeroshot": (refs[task]["zeroshot"] or {}).get("test"),
+            "target": evaluator.accuracy(task, "test", vector, [-alpha])[0],
+            "control": evaluator.accuracy(control, "test", vector, [-alpha])[0],
+        }
+    columns = ["alpha", "zeroshot", "target", "control"]
+    return {
+        "alphas": alphas,
+        "val_curves": curves,
+        "val_at_alpha": {"target_val": statistics.fmean(target_val_at.values())},
+        "chosen_alpha": None,
+        "control": control,
+        "control_zeroshot": control_zeroshot,
+        "threshold": float(cfg.protocol.threshold),
+        "columns": columns,
+        "per_task": per_task,
+        "mean": mean_row(per_task, columns),
+        "references": refs,
+    }
