@@ -9,7 +9,7 @@ EXTRAS ?= dev,sweeps
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: setup quickstart test lint bench clean
+.PHONY: setup quickstart campaign test lint bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ quickstart: setup
 	$(PY) merge.py -m experiment=quickstart_negation mode=standard,standard_ortho
 	$(PY) -m orthoreg_pl.report runs/quickstart reports/quickstart
 
+# The quickstart-sized λ campaign: 4 tasks × (standard + standard_ortho at 3 λ), addition and negation,
+# summary in campaigns/quickstart/ (sweeps/README.md).
+campaign: setup
+	$(PY) -m orthoreg_pl.campaign experiment=campaign_quickstart
+
 test: setup
 	$(PY) -m pytest
 
@@ -41,6 +46,7 @@ bench: setup
 	$(PY) benchmarks/modes.py
 	$(PY) benchmarks/merge.py
 	$(PY) benchmarks/eval_cache.py
+	$(PY) benchmarks/campaign.py
 
 clean:
-	rm -rf runs/quickstart reports/quickstart .cache .pytest_cache
+	rm -rf runs/quickstart reports/quickstart campaigns/quickstart .cache .pytest_cache
