@@ -24,9 +24,11 @@ class OrthogonalityMonitor(L.Callback):
     ) -> None:
         if not isinstance(pl_module, FineTuneModule) or trainer.global_step % self.every_n_steps != 0:
             return
-        deltas = [d.float() for d in pl_module.delta_tensors().values()]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in deltas]))
+        with pl_module.full_parameters():  # under FSDP: gathered on every process, as the penalty needs
+            deltas = [d.float() for d in pl_module.delta_tensors().values()]
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in deltas]))
+            matrices = [d.float() for d in pl_module.penalty_deltas()]
+            penalty = ortho_penalty(matrices, norm="fro", gram="min_side") if matrices else None
         pl_module.log("monitor/delta_norm", norm)
-        matrices = [d.float() for d in pl_module.penalty_deltas()]
-        if matrices:
-            pl_module.log("monitor/ortho_penalty", ortho_penalty(matrices, norm="fro", gram="min_side"))
+        if penalty is not None:
+            pl_module.log("monitor/ortho_penalty", penalty)

@@ -25,7 +25,11 @@ from orthoreg_pl.sweep_summary import record_outcome
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiment"
-COMMANDS = {"train": "python train.py", "merge": "python merge.py", "campaign": "python -m orthoreg_pl.campaign"}
+COMMANDS = {
+    "train": "python train.py",
+    "merge": "python merge.py",
+    "campaign": "python -m orthoreg_pl.campaign",
+}
 
 
 def experiment_kind(name: str) -> str | None:
@@ -45,7 +49,9 @@ def check_experiment_kind(kind: str, argv: list[str] | None = None) -> None:
         for name in value.split(","):
             theirs = experiment_kind(name.strip())
             if theirs is not None and theirs != kind:
-                mine = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml") if experiment_kind(p.stem) == kind)
+                mine = sorted(
+                    p.stem for p in EXPERIMENT_DIR.glob("*.yaml") if experiment_kind(p.stem) == kind
+                )
                 print(
                     f"error: experiment={name} is a {theirs} experiment: run {COMMANDS[theirs]} experiment={name} "
                     f"({COMMANDS[kind]} takes the {kind} experiments: {', '.join(mine)})",

@@ -126,8 +126,15 @@ def train(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.output_dir)
     lam = effective_lambda(cfg)
     identity = run_identity(cfg, lam)
-    if rank_zero_only.rank != 0:  # DDP workers train; the launching process owns the folder
-        return _train(cfg, run_dir, lam, identity, previous=None)
+    if rank_zero_only.rank != 0:
+        # Other processes of a DDP/FSDP run never write the folder (rank 0 holds its lock), but must take
+        # rank 0's decisions, or the processes call the Trainer differently and wait on each other for
+        # ever: skip a finished run, keep the recorded zero-shot scores of an unfinished one. They read
+        # meta.json before rank 0 can change it: rank 0 needs them for its first evaluation or fit.
+        previous = _existing_run(run_dir, identity)
+        if previous is not None and run_status(previous) == FINISHED:
+            return Skipped(previous)
+        return _train(cfg, run_dir, lam, identity, previous)
     with RunLock(run_dir):
         previous = _existing_run(run_dir, identity)
         if previous is not None and run_status(previous) == FINISHED:
@@ -138,8 +145,8 @@ def train(cfg: DictConfig) -> dict:
         return _train(cfg, run_dir, lam, identity, previous)
 
 
-def _train(cfg: DictConfig, run_dir: Path, lam: float, identity: dict, previous: dict | None) -> dict:
-    L.seed_everything(cfg.seed, workers=True)
+def build(cfg: DictConfig, lam: float) -> tuple[TaskDataModule, FineTuneModule]:
+    """The run's DataModule and its mode's LightningModule (θ0 = the model as built), before any Trainer."""
     datamodule: TaskDataModule = instantiate(cfg.data)
     model = build_classifier(
         arch=cfg.model.arch,
@@ -159,6 +166,12 @@ def _train(cfg: DictConfig, run_dir: Path, lam: float, identity: dict, previous:
         gram=cfg.ortho.gram,
         **OmegaConf.to_container(cfg.optim, resolve=True),
     )
+    return datamodule, module
+
+
+def _train(cfg: DictConfig, run_dir: Path, lam: float, identity: dict, previous: dict | None) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, module = build(cfg, lam)
     checkpoint = run_dir / CHECKPOINT_FILE
     lifecycle = RunLifecycle(identity["hash"], checkpoint)
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]

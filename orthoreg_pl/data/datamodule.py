@@ -10,7 +10,7 @@ import lightning as L
 import open_clip
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
 
 from orthoreg_pl.data.eval_cache import CachedBatches, CachedEvalDataset, eval_cache_dataset
 from orthoreg_pl.data.files import fetch
@@ -107,6 +107,7 @@ class TaskDataModule(L.LightningDataModule):
         super().__init__()
         self.seed = int(seed)  # the training order and augmentation (ResumableSampler)
         self._resume = {"epoch": 0, "skip": 0}
+        self._sampler: ResumableSampler | None = None  # the training loader's, once built
         self.task, self.data_root, self.cache_dir = task, Path(data_root), Path(cache_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.split_seed, self.train_scale = num_workers, split_seed, tuple(train_scale)
@@ -187,12 +188,12 @@ class TaskDataModule(L.LightningDataModule):
         self.test_set = self._eval_set("test", test, eval_tf, self.checksum)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = ResumableSampler(len(self.train_set), self.seed, **self._resume)
+        self._sampler = ResumableSampler(len(self.train_set), self.seed, **self._resume)
         self._resume = {"epoch": 0, "skip": 0}
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            sampler=sampler,  # a new permutation every epoch (Lightning calls set_epoch)
+            sampler=self._sampler,  # a new permutation every epoch (Lightning calls set_epoch)
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -212,14 +213,21 @@ class TaskDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume the training order where the checkpoint left it (Lightning calls this before fit)."""
-        if state:
-            self._resume = {"epoch": int(state["epoch"]), "skip": int(state["skip"])}
+        if not state:
+            return
+        resume = {"epoch": int(state["epoch"]), "skip": int(state["skip"])}
+        if self._sampler is not None:
+            # The loader exists already: strategies that restore after setting up the model (FSDP) do so
+            # after the LR schedule has counted the batches, which builds it. Not iterated yet: reposition it.
+            self._sampler.epoch, self._sampler.skip = resume["epoch"], resume["skip"]
+        else:
+            self._resume = resume
 
     def val_dataloader(self) -> DataLoader:
-        return eval_dataloader(self.val_set, self.eval_batch_size, self.num_workers)
+        return eval_dataloader(self.val_set, self.eval_batch_size, self.num_workers, shard=True)
 
     def test_dataloader(self) -> DataLoader:
-        return eval_dataloader(self.test_set, self.eval_batch_size, self.num_workers)
+        return eval_dataloader(self.test_set, self.eval_batch_size, self.num_workers, shard=True)
 
 
 def eval_dataloader(
@@ -228,14 +236,22 @@ def eval_dataloader(
     """Sequential batches of an eval split; a cached split is read a whole batch at a time
     (same batches, same order, same tensors as sample by sample, without the collate copy).
 
-    ``shard=True`` gives each process its own samples (or whole cached batches) without padding,
-    for evaluations that sum exact counts across processes (the merge engine)."""
+    ``shard=True`` gives each process a contiguous slice of the samples without padding
+    (:class:`UnpaddedDistributedSampler`), for evaluations that sum exact counts across processes:
+    the merge engine, and the zero-shot and fine-tuned evaluations of a training run. Lightning keeps
+    the sampler as it is. In a single process it reads the whole split, as ``shard=False`` does."""
     if isinstance(dataset, CachedEvalDataset):
-        dataset, batch_size = CachedBatches(dataset, batch_size), None
+        if shard:
+            sampler = UnpaddedDistributedSampler(len(dataset), batch_size=batch_size)
+        else:
+            sampler = BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False)
+        dataset, batch_size = CachedBatches(dataset), None  # one item per batch of indices
+    else:
+        sampler = UnpaddedDistributedSampler(len(dataset)) if shard else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=UnpaddedDistributedSampler(len(dataset)) if shard else None,
+        sampler=sampler,
         shuffle=False,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,

@@ -154,18 +154,19 @@ class CachedEvalDataset(Dataset):
 
 
 class CachedBatches(Dataset):
-    """Batch ``b`` of a cached split as one item, for a DataLoader with ``batch_size=None``: no
-    per-sample tensors and no collate copy (the order and content equal batching sample by sample)."""
+    """One batch of a cached split per item, keyed by its indices (a ``range`` or list, as
+    :class:`~orthoreg_pl.data.sampler.UnpaddedDistributedSampler` with ``batch_size`` or a
+    ``BatchSampler`` yields them), for a DataLoader with ``batch_size=None``: no per-sample tensors and
+    no collate copy (the order and content equal batching sample by sample)."""
 
-    def __init__(self, dataset: CachedEvalDataset, batch_size: int) -> None:
-        self.dataset, self.batch_size = dataset, int(batch_size)
+    def __init__(self, dataset: CachedEvalDataset) -> None:
+        self.dataset = dataset
 
     def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
+        return len(self.dataset)  # samples; the loader's length is its sampler's (batches)
 
-    def __getitem__(self, b: int) -> tuple[Tensor, Tensor]:
-        start = b * self.batch_size
-        return self.dataset.batch(range(start, min(start + self.batch_size, len(self.dataset))))
+    def __getitem__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        return self.dataset.batch(indices)
 
 
 class _PilArrays(Dataset):

@@ -3,31 +3,76 @@
 from __future__ import annotations
 
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import DistributedSampler
 
 
-class UnpaddedDistributedSampler(Sampler[int]):
-    """Rank r takes indices r, r + W, r + 2W, ... (W processes). torch's DistributedSampler pads the
-    last round with repeated samples so every rank has equal length; those repeats would be counted
-    twice by the summed accuracy counts. Evaluation needs no equal lengths, so this one does not pad.
+def _world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) when no process group is running."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Rank r of W processes takes the r-th of W contiguous slices of ``range(length)``, their sizes
+    differing by at most one. torch's DistributedSampler pads the last round with repeated samples so
+    every rank has equal length; those repeats would be counted twice by the summed accuracy counts.
+    Evaluation needs no equal lengths, so this one does not pad, and contiguous slices give every rank
+    a sample as soon as ``length >= W`` (a rank without a batch would skip the evaluation loop and
+    leave the others waiting in the metric sync).
+
+    ``batch_size``: the slice cut into batches of at most ``batch_size``, each yielded as one ``range``
+    of indices (for a DataLoader with ``batch_size=None`` over a dataset that reads a whole batch per
+    key, such as ``CachedBatches``); ``len`` is then the number of batches. Every rank gets the same
+    number of batches, ceil(largest slice / batch_size) (a slice one sample short of filling that many
+    ends in a smaller batch): FSDP gathers parameters in every forward, so its processes must run
+    equally many (DDP does not mind).
 
     Rank and world size are read when iterating, so a loader built before the processes start (as
-    the merge pipeline does, once per task) works under every strategy.
+    the merge pipeline does, once per task) works under every strategy. Being a DistributedSampler,
+    Lightning uses it as it is (no wrapper, no padding) whatever ``use_distributed_sampler`` says.
     """
 
-    def __init__(self, length: int) -> None:
-        self.length = length
+    def __init__(self, length: int, batch_size: int | None = None) -> None:
+        # DistributedSampler's own fields describe one process; the real rank and world come at iteration.
+        super().__init__(range(length), num_replicas=1, rank=0, shuffle=False, drop_last=False)
+        self.length = int(length)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
-    def _shard(self) -> range:
-        if dist.is_available() and dist.is_initialized():
-            return range(dist.get_rank(), self.length, dist.get_world_size())
-        return range(self.length)
+    def shard(self) -> range:
+        """The indices of this process."""
+        rank, world = _world()
+        if world == 1:
+            return range(self.length)
+        if self.length < world:
+            raise RuntimeError(
+                f"an evaluation split of {self.length} samples cannot give each of {world} processes a "
+                "sample; evaluate it on fewer processes"
+            )
+        size, extra = divmod(self.length, world)
+        start = rank * size + min(rank, extra)
+        return range(start, start + size + (rank < extra))
+
+    def batches(self) -> list[range]:
+        """This process's slice cut into the batches every process has equally many of."""
+        rows = self.shard()
+        _, world = _world()
+        largest = -(-self.length // world)
+        count = min(-(-largest // self.batch_size), len(rows))  # min: a slice smaller than the count
+        batches, start = [], 0
+        for left in range(count - 1, -1, -1):  # full batches while every later batch keeps a sample
+            stop = start + min(self.batch_size, len(rows) - start - left)
+            batches.append(rows[start:stop])
+            start = stop
+        return batches
 
     def __iter__(self):
-        return iter(self._shard())
+        return iter(self.shard() if self.batch_size is None else self.batches())
 
     def __len__(self) -> int:
-        return len(self._shard())
+        return len(self.shard()) if self.batch_size is None else len(self.batches())
 
 
 class ResumableSampler(DistributedSampler):
@@ -41,8 +86,7 @@ class ResumableSampler(DistributedSampler):
     """
 
     def __init__(self, length: int, seed: int, epoch: int = 0, skip: int = 0) -> None:
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        rank = dist.get_rank() if world > 1 else 0
+        rank, world = _world()
         super().__init__(range(length), num_replicas=world, rank=rank, shuffle=True, seed=seed)
         self.epoch, self.skip = epoch, skip
 

@@ -8,13 +8,16 @@ and exports the task vector θ − θ0.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import ClassVar
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
 from torchmetrics.classification import MulticlassAccuracy
 
 from orthoreg_pl.errors import OrthoRegError, RunFailed
@@ -85,8 +88,14 @@ class FineTuneModule(L.LightningModule):
     def theta0(self, name: str) -> Tensor:
         return getattr(self, self._theta0_buffers[name])
 
+    def weight(self, name: str) -> Tensor:
+        """The current value of parameter ``name``: the parameter itself, or under FSDP (inside a forward
+        or :meth:`full_parameters`) the whole tensor FSDP puts in its place, with its graph."""
+        owner, _, attr = name.rpartition(".")
+        return getattr(self.model.get_submodule(owner) if owner else self.model, attr)
+
     def deltas(self, names: list[str]) -> list[Tensor]:
-        return [self.model.get_parameter(n) - self.theta0(n) for n in names]
+        return [self.weight(n) - self.theta0(n) for n in names]
 
     def delta_tensors(self) -> dict[str, Tensor]:
         """The task vector on the module's device: what θ0 must be added to, under image-tower names."""
@@ -104,8 +113,50 @@ class FineTuneModule(L.LightningModule):
 
     @torch.no_grad()
     def task_vector(self) -> dict[str, Tensor]:
-        """The task vector on the CPU, ready for safetensors."""
-        return {n: d.detach().cpu().contiguous() for n, d in self.delta_tensors().items()}
+        """The task vector on the CPU, ready for safetensors (under FSDP every process must call it)."""
+        with self.full_parameters():
+            return {n: d.detach().cpu().contiguous() for n, d in self.delta_tensors().items()}
+
+    # ---- sharded training (FSDP, configs/trainer/fsdp.yaml) -----------------------------------------
+
+    def fsdp_root(self) -> FullyShardedDataParallel | None:
+        """The FSDP wrapper the trainer runs this module in, or None (one process, DDP)."""
+        model = self._trainer.strategy.model if self._trainer is not None else None
+        return model if isinstance(model, FullyShardedDataParallel) else None
+
+    @contextlib.contextmanager
+    def full_parameters(self) -> Iterator[None]:
+        """Whole parameters for reading, outside a forward: a no-op, or under FSDP a collective gather
+        (every process enters it) of read-only copies, dropped on exit."""
+        root = self.fsdp_root()
+        if root is None:
+            yield
+            return
+        with FullyShardedDataParallel.summon_full_params(root, writeback=False):
+            yield
+
+    def on_fit_start(self) -> None:
+        root = self.fsdp_root()
+        # FULL_SHARD and HYBRID_SHARD free each block's whole parameters after its forward; the penalty,
+        # computed in training_step after the forward, needs them until the backward.
+        resharded = (ShardingStrategy.FULL_SHARD, ShardingStrategy.HYBRID_SHARD)
+        if root is not None and self.uses_penalty and root.sharding_strategy in resharded:
+            raise OrthoRegError(
+                f"mode={self.mode} reads whole ΔW in every training step, which FSDP with "
+                f"sharding_strategy={root.sharding_strategy.name} frees after each block's forward; use "
+                "trainer.strategy.sharding_strategy=SHARD_GRAD_OP (configs/trainer/fsdp.yaml)"
+            )
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip by the norm of the whole gradient: under FSDP each process holds a shard of it, so the
+        norm is FSDP's own (a collective); Lightning's clipping refuses FSDP."""
+        root = self.fsdp_root()
+        if root is not None and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            root.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ---- Lightning hooks ----------------------------------------------------------------------------
 
