@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from orthoreg_pl.data import TaskDataModule
 from orthoreg_pl.errors import OrthoRegError, RunFailed, RunInterrupted
-from orthoreg_pl.lifecycle import RunLifecycle
+from orthoreg_pl.lifecycle import RunLifecycle, RunRequeued
 from orthoreg_pl.loggers import finish_wandb, log_run_config, log_task_vector_artifact
 from orthoreg_pl.models import build_classifier, preprocess_config, pretrained_identity
 from orthoreg_pl.modules import FineTuneModule
@@ -209,7 +209,7 @@ def _train(cfg: DictConfig, run_dir: Path, lam: float, identity: dict, previous:
             meta = _fit_and_publish(cfg, trainer, module, datamodule, run_dir, meta, publish)
         status, exit_code = FINISHED, 0
         return meta
-    except (RunInterrupted, SIGTERMException) as err:
+    except (RunInterrupted, RunRequeued, SIGTERMException) as err:  # RunRequeued: submitit requeued the job
         status, exit_code = INTERRUPTED, 128 + getattr(err, "signum", 15)
         if publish:
             set_status(run_dir, meta, INTERRUPTED, str(err) or "SIGTERM", steps=int(trainer.global_step))

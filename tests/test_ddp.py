@@ -41,8 +41,8 @@ RUN = [
 ]
 RUNS = {  # name: overrides; the global batch is 64 in all three
     "single": ["trainer=cpu", "data.batch_size=64"],
-    "ddp": ["trainer=ddp_sim", "data.batch_size=32"],
-    "fsdp": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=32"],
+    "ddp": ["trainer=ddp_sim", "data.batch_size=64"],  # global: 2 × 32
+    "fsdp": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=64"],
 }
 TOLERANCE = 1e-5
 
@@ -281,3 +281,23 @@ def test_trainer_configs_compose(name, precision):
         assert {c.__name__ for c in policy._module_classes} == {"ResidualAttentionBlock"}
         fp32 = torch.float32
         assert strategy.mixed_precision.param_dtype == strategy.mixed_precision.buffer_dtype == fp32
+
+
+def test_global_batch_must_divide_over_the_processes(cache_dir, tmp_path):
+    """data.batch_size is the global batch: each of W processes takes batch_size / W, or a clear error."""
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    from orthoreg_pl import OrthoRegError
+
+    cfg = compose_config(
+        [*RUN, *RUNS["single"], *path_overrides(tmp_path, cache_dir, output_dir=tmp_path / "r")]
+    )
+    datamodule = instantiate(cfg.data)
+    assert datamodule.per_process_batch() == 64  # no trainer: one process
+    datamodule.trainer = SimpleNamespace(world_size=2)
+    assert datamodule.per_process_batch() == 32
+    datamodule.trainer = SimpleNamespace(world_size=3)
+    with pytest.raises(OrthoRegError, match=r"data.batch_size=64 is the global batch .* 3 processes"):
+        datamodule.per_process_batch()

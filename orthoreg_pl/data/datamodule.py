@@ -187,12 +187,23 @@ class TaskDataModule(L.LightningDataModule):
         self.val_set = self._eval_set("val", val, eval_tf, self.checksum)
         self.test_set = self._eval_set("test", test, eval_tf, self.checksum)
 
+    def per_process_batch(self) -> int:
+        """``batch_size`` is the global batch of one forward pass over all processes (the recipe's 128):
+        the same run on 1 or 8 GPUs sees the same samples per optimizer step, and is one run."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise OrthoRegError(
+                f"data.batch_size={self.batch_size} is the global batch and must divide evenly over the "
+                f"{world} processes; choose a multiple of {world}"
+            )
+        return self.batch_size // world
+
     def train_dataloader(self) -> DataLoader:
         self._sampler = ResumableSampler(len(self.train_set), self.seed, **self._resume)
         self._resume = {"epoch": 0, "skip": 0}
         return DataLoader(
             self.train_set,
-            batch_size=self.batch_size,
+            batch_size=self.per_process_batch(),
             sampler=self._sampler,  # a new permutation every epoch (Lightning calls set_epoch)
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -200,7 +211,8 @@ class TaskDataModule(L.LightningDataModule):
         )
 
     def state_dict(self) -> dict[str, int]:
-        """Where training stands in its epoch, saved in every checkpoint: (epoch, samples trained per process).
+        """Where training stands in its epoch, saved in every checkpoint: (epoch, samples of the epoch trained
+        by all processes together), so a run may resume on another number of processes.
 
         A checkpoint taken after an epoch's last batch points at the start of the next epoch."""
         trainer = self.trainer

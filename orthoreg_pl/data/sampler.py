@@ -81,8 +81,12 @@ class ResumableSampler(DistributedSampler):
 
     The data a run sees is thus a function of (seed, epoch, position) alone, independent of worker
     counts and of where a run was interrupted: ``skip`` drops the samples of this epoch that were
-    trained before the checkpoint, and a resumed run sees exactly what an uninterrupted one would.
-    Being a DistributedSampler, Lightning uses it as it is under DDP (no wrapper, no re-shuffle).
+    trained before the checkpoint (counted over all processes), and a resumed run sees exactly what an
+    uninterrupted one would. Sharding is interleaved (rank r takes positions r, r + W, ...), so with a
+    per-process batch b the processes' k-th batches together are positions [kbW, (k+1)bW) of the
+    permutation: the global batch of one process with batch bW, on any number of processes (the last
+    batch of an epoch aside, where DistributedSampler pads W processes to equal length). Being a
+    DistributedSampler, Lightning uses it as it is under DDP (no wrapper, no re-shuffle).
     """
 
     def __init__(self, length: int, seed: int, epoch: int = 0, skip: int = 0) -> None:
@@ -91,7 +95,7 @@ class ResumableSampler(DistributedSampler):
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
-        skip, self.skip = self.skip, 0  # only the epoch the run resumes in starts part-way
+        skip, self.skip = self.skip // self.num_replicas, 0  # only the epoch the run resumes in starts part-way
         epoch = self.epoch
         for position, index in enumerate(super().__iter__()):
             if position >= skip:
