@@ -85,6 +85,11 @@ def test_plan_leaves_out_negation_when_its_control_is_missing(tmp_path):
         ("lambdas=[0.1,0.1]", "repeats a value"),
         ("seeds=[]", "seeds is empty"),
         ("experiments.addition=quickstart_negation", "runs protocol 'negation', not 'addition'"),
+        (
+            "experiments.addition=addition_vitb32",
+            "merges ViT-B-32 task vectors, but experiments.train=quickstart",
+        ),
+        ("launcher=slurmm", "launcher=slurmm does not compose"),
     ],
 )
 def test_plan_refuses_bad_input_before_launching_anything(tmp_path, override, message):

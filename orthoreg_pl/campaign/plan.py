@@ -103,12 +103,39 @@ def control_present(task: str, data_root: str | Path) -> bool:
 
 
 def common_overrides(cfg: DictConfig) -> list[str]:
-    """Given to every job: the campaign's paths (so its jobs read and write where it does), the seeds,
-    the learning rate if the campaign sets one, and the user's extra overrides."""
+    """Given to every job: the campaign's paths as absolute paths (so its jobs read and write where it
+    does), the learning rate if the campaign sets one, and the user's extra overrides."""
     out = [f"paths.{key}={Path(cfg.paths[key]).resolve()}" for key in ("root_dir", "data_root", "cache_dir")]
     if cfg.get("lr") is not None:
         out.append(f"optim.lr={float(cfg.lr)!r}")
     return out + [str(o) for o in cfg.overrides.all]
+
+
+def _protocols(experiments: DictConfig, merge_base: list[str], arch: str) -> tuple[dict, dict]:
+    """(protocol -> merge experiment that runs, protocol -> why it does not): each experiment composed
+    with the campaign's merge overrides, checked to be that protocol on the trained architecture."""
+    running, skipped = {}, {}
+    for protocol in ("addition", "negation"):
+        experiment = experiments.get(protocol)
+        if experiment is None:
+            skipped[protocol] = "no experiment configured"
+            continue
+        composed = _compose("merge", [f"experiment={experiment}", *merge_base], f"experiment={experiment}")
+        if composed.protocol.name != protocol:
+            raise OrthoRegError(
+                f"experiments.{protocol}={experiment} runs protocol {composed.protocol.name!r}, not {protocol!r}"
+            )
+        if composed.model.arch != arch:
+            raise OrthoRegError(
+                f"experiments.{protocol}={experiment} merges {composed.model.arch} task vectors, but "
+                f"experiments.train={experiments.train} trains {arch}"
+            )
+        control = composed.protocol.get("control")
+        if protocol == "negation" and not control_present(control, composed.paths.data_root):
+            skipped[protocol] = f"control task {control} not found under {composed.paths.data_root}"
+            continue
+        running[protocol] = str(experiment)
+    return running, skipped
 
 
 def make_plan(cfg: DictConfig) -> CampaignPlan:
@@ -136,28 +163,14 @@ def make_plan(cfg: DictConfig) -> CampaignPlan:
         (penalized if composed.mode.penalized else plain).append(mode)
     if penalized and not lambdas:
         raise OrthoRegError(f"lambdas is empty but modes {penalized} need λ; e.g. lambdas=[0.1,1,10]")
+    launcher = [f"hydra/launcher={cfg.launcher}"]
+    _compose("train", [*train_base, f"dataset={datasets[0]}", *launcher], f"launcher={cfg.launcher}")
 
     merge_base = [*common, f"tasks=[{','.join(tasks.values())}]", *[str(o) for o in cfg.overrides.merge]]
-    running, skipped = {}, {}  # protocol -> its merge experiment
-    for protocol in ("addition", "negation"):
-        experiment = experiments.get(protocol)
-        if experiment is None:
-            skipped[protocol] = "no experiment configured"
-            continue
-        composed = _compose("merge", [f"experiment={experiment}", *merge_base], f"experiment={experiment}")
-        if composed.protocol.name != protocol:
-            raise OrthoRegError(
-                f"experiments.{protocol}={experiment} runs protocol {composed.protocol.name!r}, not {protocol!r}"
-            )
-        control = composed.protocol.get("control")
-        if protocol == "negation" and not control_present(control, composed.paths.data_root):
-            skipped[protocol] = f"control task {control} not found under {composed.paths.data_root}"
-            continue
-        running[protocol] = str(experiment)
+    running, skipped = _protocols(experiments, merge_base, arch)
 
     seed_list = ",".join(str(s) for s in seeds)
     lam_list = ",".join(repr(lam) for lam in lambdas)  # exact: a searched λ trains as proposed
-    launcher = [f"hydra/launcher={cfg.launcher}"]
     groups = [("penalized", penalized, [f"ortho.lam={lam_list}"]), ("plain", plain, [])]
     train, merge = [], []
     for group, group_modes, lam_override in groups:
