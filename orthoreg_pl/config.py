@@ -40,9 +40,21 @@ def report_hash(*, _root_: DictConfig) -> str:
     return _hash_of(_root_, report_settings)
 
 
+def campaign_hash(*, _root_: DictConfig) -> str:
+    """``${campaign_hash:}``: the short hash of a campaign's grid and experiments, for its W&B run id."""
+    from orthoreg_pl.campaign.plan import campaign_settings
+    from orthoreg_pl.run_identity import identity_hash
+
+    return identity_hash(campaign_settings(_root_))
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("lam"):
         OmegaConf.register_new_resolver("lam", format_lambda)
-    for name, resolver in (("run_hash", run_hash), ("report_hash", report_hash)):
+    for name, resolver in (
+        ("run_hash", run_hash),
+        ("report_hash", report_hash),
+        ("campaign_hash", campaign_hash),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -10,15 +10,16 @@ from conftest import CONFIG_DIR, PROJECT_ROOT, compose_config, path_overrides
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
+from orthoreg_pl.cli import experiment_kind
 from orthoreg_pl.models import check_architecture
 from orthoreg_pl.modules import MODES, FineTuneModule
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-# experiments of merge.py override the protocol; the others are train.py's
-MERGE_EXPERIMENTS = [
-    e for e in EXPERIMENTS if "override /protocol" in (CONFIG_DIR / "experiment" / f"{e}.yaml").read_text()
-]
-TRAIN_EXPERIMENTS = [e for e in EXPERIMENTS if e not in MERGE_EXPERIMENTS]
+# every experiment names the script that takes it
+TRAIN_EXPERIMENTS = [e for e in EXPERIMENTS if experiment_kind(e) == "train"]
+MERGE_EXPERIMENTS = [e for e in EXPERIMENTS if experiment_kind(e) == "merge"]
+CAMPAIGN_EXPERIMENTS = [e for e in EXPERIMENTS if experiment_kind(e) == "campaign"]
+SEARCHES = sorted(p.stem for p in (CONFIG_DIR / "hparams_search").glob("*.yaml"))
 MODE_FILES = sorted(p.stem for p in (CONFIG_DIR / "mode").glob("*.yaml"))
 MODEL_FILES = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 DATASET_FILES = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
@@ -36,6 +37,44 @@ def resolve_all(cfg) -> dict:
 
 def test_config_groups_are_not_empty():
     assert EXPERIMENTS and len(MODE_FILES) >= 2 and MODEL_FILES and DATASET_FILES
+    assert len(TRAIN_EXPERIMENTS) + len(MERGE_EXPERIMENTS) + len(CAMPAIGN_EXPERIMENTS) == len(EXPERIMENTS)
+    assert {"finetune_vitb32", "finetune_vitb16", "finetune_vitl14"} <= set(TRAIN_EXPERIMENTS)
+    assert {"campaign_quickstart", "campaign_vitb32", "campaign_vitb16", "campaign_vitl14"} <= set(
+        CAMPAIGN_EXPERIMENTS
+    )
+
+
+@pytest.mark.parametrize("experiment", CAMPAIGN_EXPERIMENTS)
+def test_every_campaign_experiment_composes(experiment, tmp_path):
+    """python -m orthoreg_pl.campaign experiment=<name>: its train and merge experiments exist and match."""
+    cfg = compose_config([f"experiment={experiment}", f"paths.root_dir={tmp_path}"], config_name="campaign")
+    resolved = resolve_all(cfg)
+    assert experiment_kind(resolved["experiments"]["train"]) == "train"
+    for protocol in ("addition", "negation"):
+        assert experiment_kind(resolved["experiments"][protocol]) == "merge"
+    assert resolved["datasets"] and resolved["lambdas"] and resolved["objective"]["direction"] == "maximize"
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_every_hparams_search_composes_with_a_storage_that_resumes(search, tmp_path):
+    cfg = compose_config(
+        ["experiment=campaign_quickstart", f"hparams_search={search}", f"paths.root_dir={tmp_path}"],
+        config_name="campaign",
+        keep_hydra=True,
+    )
+    sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+    assert sweeper["_target_"].endswith("OptunaSweeper") and sweeper["direction"] == "maximize"
+    assert sweeper["storage"] == f"sqlite:///{tmp_path}/campaigns/quickstart/optuna.db"
+    assert "lam" in sweeper["params"] and cfg.modes == ["standard_ortho"]
+    if "lr" in search:
+        assert "lr" in sweeper["params"]
+
+
+def test_vitl14_recipe_accumulates_two_micro_batches_of_64_without_dividing_the_loss(paths):
+    cfg = compose_config(["experiment=finetune_vitl14", "dataset=mnist", *paths])
+    assert cfg.model.arch == "ViT-L-14" and cfg.data.batch_size == 64
+    assert cfg.trainer.accumulate_grad_batches == 2 and cfg.optim.sum_accumulated_loss is True
+    assert cfg.optim.lr == 1e-5 and cfg.trainer.precision == "32-true"
 
 
 @pytest.mark.parametrize("experiment", TRAIN_EXPERIMENTS)

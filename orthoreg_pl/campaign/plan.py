@@ -138,6 +138,26 @@ def _protocols(experiments: DictConfig, merge_base: list[str], arch: str) -> tup
     return running, skipped
 
 
+def campaign_settings(cfg: DictConfig) -> dict:
+    """What identifies a campaign (``${campaign_hash:}``, its W&B run id): the grid and the experiments."""
+    keys = (
+        "name",
+        "datasets",
+        "modes",
+        "lambdas",
+        "lam",
+        "seeds",
+        "lr",
+        "experiments",
+        "overrides",
+        "objective",
+    )
+    values = {key: cfg.get(key) for key in keys}
+    return {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()
+    }
+
+
 def make_plan(cfg: DictConfig) -> CampaignPlan:
     """Check the campaign's grid and turn it into multiruns (see the module docstring)."""
     experiments = cfg.experiments
@@ -182,16 +202,6 @@ def make_plan(cfg: DictConfig) -> CampaignPlan:
         if running:
             sweep = f"experiment={','.join(running.values())}"
             merge.append(Multirun("merge.py", f"merge-{group}", (sweep, *merge_base, *grid, *launcher)))
-    settings = {
-        "name": str(cfg.name),
-        "tasks": list(tasks.values()),
-        "modes": modes,
-        "lambdas": list(lambdas),
-        "seeds": list(seeds),
-        "experiments": OmegaConf.to_container(experiments, resolve=True),
-        "overrides": OmegaConf.to_container(cfg.overrides, resolve=True),
-        "lr": cfg.get("lr"),
-    }
     return CampaignPlan(
         name=str(cfg.name),
         arch=arch,
@@ -204,5 +214,5 @@ def make_plan(cfg: DictConfig) -> CampaignPlan:
         skipped_protocols=skipped,
         train=tuple(train),
         merge=tuple(merge),
-        settings=settings,
+        settings=campaign_settings(cfg),
     )

@@ -320,16 +320,11 @@ def log_summary(cfg: DictConfig, plan: CampaignPlan, summary: dict, folder: Path
 
     from orthoreg_pl.loggers import finish_wandb
 
-    under_agent = bool(os.environ.get("WANDB_SWEEP_ID"))  # `wandb agent` made this process's run
-    logger = instantiate(
-        wandb_cfg,
-        id=os.environ.get("WANDB_RUN_ID") if under_agent else f"campaign-{plan.identity}",
-        name=f"campaign/{plan.name}",
-        group=f"campaign-{plan.name}",
-        job_type="campaign",
-        tags=["campaign", plan.arch],
-        save_dir=str(folder),
-    )
+    agent_run = (
+        {"id": os.environ["WANDB_RUN_ID"]} if os.environ.get("WANDB_SWEEP_ID") else {}
+    )  # `wandb agent`
+    # the group is the campaign's even inside an Optuna search (whose multirun names a group of its own)
+    logger = instantiate(wandb_cfg, save_dir=str(folder), group=str(cfg.run_group), **agent_run)
     try:
         logger.log_hyperparams({"campaign": plan.settings, "objective": summary["objective"]})
         columns = [c for c in COLUMNS]
@@ -353,7 +348,7 @@ def log_summary(cfg: DictConfig, plan: CampaignPlan, summary: dict, folder: Path
         logger.log_image(key="campaign/summary_plot", images=[str(folder / "summary.png")])
         if summary["objective"]["value"] is not None:
             logger.experiment.summary["campaign/objective"] = summary["objective"]["value"]
-        artifact = wandb.Artifact(f"campaign-{plan.identity}", type="campaign_summary")
+        artifact = wandb.Artifact(f"campaign-{cfg.identity}", type="campaign_summary")
         artifact.add_file(str(folder / "summary.json"))
         logger.experiment.log_artifact(artifact)
     finally:

@@ -95,7 +95,10 @@ class ResumableSampler(DistributedSampler):
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
-        skip, self.skip = self.skip // self.num_replicas, 0  # only the epoch the run resumes in starts part-way
+        skip, self.skip = (
+            self.skip // self.num_replicas,
+            0,
+        )  # only the epoch the run resumes in starts part-way
         epoch = self.epoch
         for position, index in enumerate(super().__iter__()):
             if position >= skip:
