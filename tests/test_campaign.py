@@ -79,7 +79,7 @@ def test_plan_leaves_out_negation_when_its_control_is_missing(tmp_path):
     "override, message",
     [
         ("modes=[standrd]", "mode=standrd does not compose"),
-        ("datasets=[digitz]", "dataset=digitz does not compose"),
+        ("datasets=[digitz]", "dataset=digitz.* does not compose .*digitz"),
         ("lambdas=[-1]", "lambdas has -1"),
         ("lambdas=[abc]", "lambdas has 'abc'"),
         ("lambdas=[0.1,0.1]", "repeats a value"),
@@ -89,7 +89,8 @@ def test_plan_leaves_out_negation_when_its_control_is_missing(tmp_path):
             "experiments.addition=addition_vitb32",
             "merges ViT-B-32 task vectors, but experiments.train=quickstart",
         ),
-        ("launcher=slurmm", "launcher=slurmm does not compose"),
+        ("launcher=slurmm", "launcher=slurmm and the campaign's overrides does not compose .*slurmm"),
+        ('overrides.all=["optim.lrr=1"]', "the campaign's overrides does not compose"),
     ],
 )
 def test_plan_refuses_bad_input_before_launching_anything(tmp_path, override, message):

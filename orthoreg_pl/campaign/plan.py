@@ -103,9 +103,10 @@ def control_present(task: str, data_root: str | Path) -> bool:
 
 
 def common_overrides(cfg: DictConfig) -> list[str]:
-    """Given to every job: the campaign's paths as absolute paths (so its jobs read and write where it
+    """Given to every job: the launcher, the campaign's paths as absolute paths (so its jobs read and write where it
     does), the learning rate if the campaign sets one, and the user's extra overrides."""
-    out = [f"paths.{key}={Path(cfg.paths[key]).resolve()}" for key in ("root_dir", "data_root", "cache_dir")]
+    out = [f"hydra/launcher={cfg.launcher}"]
+    out += [f"paths.{key}={Path(cfg.paths[key]).resolve()}" for key in ("root_dir", "data_root", "cache_dir")]
     if cfg.get("lr") is not None:
         out.append(f"optim.lr={float(cfg.lr)!r}")
     return out + [str(o) for o in cfg.overrides.all]
@@ -173,6 +174,11 @@ def make_plan(cfg: DictConfig) -> CampaignPlan:
     lambdas = _lambdas(cfg.lambdas if cfg.get("lam") is None else [cfg.lam])
     seeds = _seeds(cfg.seeds)
     train_base = [f"experiment={experiments.train}", *common, *[str(o) for o in cfg.overrides.train]]
+    what = (
+        f"experiments.train={experiments.train} with dataset={datasets[0]}, launcher={cfg.launcher} "
+        "and the campaign's overrides"
+    )
+    _compose("train", [*train_base, f"dataset={datasets[0]}"], what)
     tasks, penalized, plain, arch = {}, [], [], None
     for dataset in datasets:
         composed = _compose("train", [*train_base, f"dataset={dataset}"], f"dataset={dataset}")
@@ -183,8 +189,6 @@ def make_plan(cfg: DictConfig) -> CampaignPlan:
         (penalized if composed.mode.penalized else plain).append(mode)
     if penalized and not lambdas:
         raise OrthoRegError(f"lambdas is empty but modes {penalized} need λ; e.g. lambdas=[0.1,1,10]")
-    launcher = [f"hydra/launcher={cfg.launcher}"]
-    _compose("train", [*train_base, f"dataset={datasets[0]}", *launcher], f"launcher={cfg.launcher}")
 
     merge_base = [*common, f"tasks=[{','.join(tasks.values())}]", *[str(o) for o in cfg.overrides.merge]]
     running, skipped = _protocols(experiments, merge_base, arch)
@@ -197,11 +201,11 @@ def make_plan(cfg: DictConfig) -> CampaignPlan:
         if not group_modes:
             continue
         grid = [f"mode={','.join(group_modes)}", *lam_override, f"seed={seed_list}"]
-        jobs = (*train_base, f"dataset={','.join(datasets)}", *grid, *launcher)
+        jobs = (*train_base, f"dataset={','.join(datasets)}", *grid)
         train.append(Multirun("train.py", f"train-{group}", jobs))
         if running:
             sweep = f"experiment={','.join(running.values())}"
-            merge.append(Multirun("merge.py", f"merge-{group}", (sweep, *merge_base, *grid, *launcher)))
+            merge.append(Multirun("merge.py", f"merge-{group}", (sweep, *merge_base, *grid)))
     return CampaignPlan(
         name=str(cfg.name),
         arch=arch,
