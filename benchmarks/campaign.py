@@ -8,6 +8,8 @@ from empty run folders, after a warm-up that builds the shared caches (generated
 eval caches) so neither pays for them. Time inside optimizer steps (forward, backward, step) is summed
 by the StepTimer callback in every training job; everything else (process start-up, data, heads,
 evaluation, merging, summary) is overhead. Ratios are measured in the same run; absolute times vary.
+Jobs side by side share the cores: the joblib run gives each job cores / workers torch threads
+(OMP_NUM_THREADS), as configs/hydra/launcher/joblib.yaml advises.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_campaign(root: Path, cache: Path, launcher: list[str], extra: list[str], timer: Path | None) -> float:
+def run_campaign(
+    root: Path,
+    cache: Path,
+    launcher: list[str],
+    extra: list[str],
+    timer: Path | None,
+    threads: int | None = None,
+) -> float:
     train = ["trainer.enable_progress_bar=false"]
     if timer is not None:
         train += [
@@ -44,6 +53,8 @@ def run_campaign(root: Path, cache: Path, launcher: list[str], extra: list[str],
         *extra,
     ]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    if threads is not None:  # torch threads per job: jobs running side by side share the cores
+        env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -86,15 +97,12 @@ def main() -> None:
         )
         print("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stage.items()))
         if not args.skip_joblib:
-            joblib = run_campaign(
-                tmp / "joblib",
-                cache,
-                ["launcher=joblib", f'overrides.all=["hydra.launcher.n_jobs={args.workers}"]'],
-                extra,
-                None,
-            )
+            threads = max(1, (os.cpu_count() or 1) // args.workers)
+            launcher = ["launcher=joblib", f'overrides.all=["hydra.launcher.n_jobs={args.workers}"]']
+            joblib = run_campaign(tmp / "joblib", cache, launcher, extra, None, threads)
             print(
-                f"joblib launcher ({args.workers} workers): {joblib:.1f} s wall; speed-up over basic: {basic / joblib:.2f}x"
+                f"joblib launcher ({args.workers} workers, OMP_NUM_THREADS={threads} each): {joblib:.1f} s wall; "
+                f"speed-up over basic: {basic / joblib:.2f}x"
             )
 
 
