@@ -8,10 +8,12 @@ scheduler that sent the signal wants the whole process gone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,11 +77,50 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+@contextlib.contextmanager
+def this_job_argv() -> Iterator[None]:
+    """In a multirun, ``sys.argv`` is this job's command line while it runs.
+
+    Lightning's DDP launcher starts the other processes of a run by re-running ``sys.argv`` with
+    ``hydra.run.dir`` set to the job's folder; with the multirun's own argv every process would run the
+    whole sweep. The job's overrides without ``-m`` are the single run it is (``hydra.run.dir`` and
+    ``hydra.sweep.subdir`` name the same folder in configs/hydra/)."""
+    if not in_multirun():
+        yield
+        return
+    saved, saved_env = sys.argv, {k: os.environ.get(k) for k in DIST_ENV}
+    sys.argv = [saved[0], *HydraConfig.get().overrides.task]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+        end_process_group(saved_env)
+
+
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK")
+
+
+def end_process_group(saved_env: dict[str, str | None]) -> None:
+    """Lightning leaves a DDP job's process group initialised and its rendezvous variables set (with
+    LOCAL_RANK set it takes the next job's processes as started by someone else and waits for them):
+    the next job of the multirun starts afresh."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def run_or_exit(job: Callable[[DictConfig], T], cfg: DictConfig, root: str | Path) -> T | None:
     """Run ``job(cfg)`` and record its outcome; see the module docstring for how failures end."""
     multirun = in_multirun()
     try:
-        result = job(cfg)
+        with this_job_argv():
+            result = job(cfg)
     except RunInterrupted as err:
         record_outcome("interrupted", str(err))
         print(f"interrupted: {err}", file=sys.stderr)

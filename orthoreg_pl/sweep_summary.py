@@ -31,7 +31,7 @@ OUTCOMES = ("finished", "skipped", "failed", "interrupted")
 def record_outcome(outcome: str, message: str = "") -> None:
     """Append this job's outcome and output folder to the multirun's log (nothing outside a multirun)."""
     path = os.environ.get(LOG_ENV)
-    if not path:
+    if not path or not _multirun_rank_zero():
         return
     overrides, output_dir = [], None
     if HydraConfig.initialized():
@@ -41,6 +41,16 @@ def record_outcome(outcome: str, message: str = "") -> None:
     line = json.dumps(entry) + "\n"
     with open(path, "a") as f:  # one short append per job: atomic on a local or NFS file system
         f.write(line)
+
+
+def _multirun_rank_zero() -> bool:
+    """A job of the multirun itself, and its first process: the other processes of a DDP job (started by
+    Lightning as single runs, or as SLURM tasks) inherit the log's path but must not count as jobs."""
+    from hydra.types import RunMode
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return multirun and rank_zero_only.rank == 0
 
 
 def read_outcomes(path: str | Path) -> list[dict[str, Any]]:

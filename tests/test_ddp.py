@@ -301,3 +301,18 @@ def test_global_batch_must_divide_over_the_processes(cache_dir, tmp_path):
     datamodule.trainer = SimpleNamespace(world_size=3)
     with pytest.raises(OrthoRegError, match=r"data.batch_size=64 is the global batch .* 3 processes"):
         datamodule.per_process_batch()
+
+
+def test_multirun_of_ddp_runs_each_job_once_in_its_own_folder(cache_dir, tmp_path):
+    """`train.py -m trainer=ddp_sim`: Lightning starts rank 1 by re-running the command line, which in a
+    multirun must be the job's own (cli.this_job_argv), not the sweep: two jobs, two folders, two runs."""
+    runs = tmp_path / "runs"
+    output = train_py(
+        ["-m", *RUN, *RUNS["ddp"], "trainer.max_steps=3", "ortho.lam=0.1,1", f"paths.runs_dir={runs}"],
+        cache_dir,
+        tmp_path,
+    )
+    assert "multirun: 2 jobs: 2 finished, 0 skipped, 0 failed" in output
+    metas = sorted(runs.rglob("meta.json"))
+    assert len(metas) == 2 and {json.loads(m.read_text())["steps"] for m in metas} == {3}
+    assert len(list(runs.rglob("task_vector.safetensors"))) == 2

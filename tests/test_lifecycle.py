@@ -62,15 +62,22 @@ def start(args: list[str], cache: Path, tmp: Path) -> subprocess.Popen:
     )
 
 
-def signal_after_checkpoints(proc: subprocess.Popen, root: Path, sig: int, checkpoints: int = 2) -> None:
-    """Send ``sig`` once ``last.ckpt`` has been written ``checkpoints`` times (mid-epoch: every 5 steps)."""
-    seen, last, deadline = 0, None, time.time() + 240
-    while seen < checkpoints and proc.poll() is None and time.time() < deadline:
-        found = list(root.rglob("last.ckpt"))
-        if found and (mtime := found[0].stat().st_mtime_ns) != last:
-            seen, last = seen + 1, mtime
-        time.sleep(0.02)
-    proc.send_signal(sig)
+def signal_after_checkpoints(targets: list[tuple[subprocess.Popen, Path, int]], checkpoints: int = 2) -> None:
+    """Send each (process, root, signal) its signal once its ``last.ckpt`` has been written ``checkpoints``
+    times (mid-epoch: every 5 steps); all watched at once, since the runs go side by side."""
+    seen, last = [0] * len(targets), [None] * len(targets)
+    deadline = time.time() + 240
+    while time.time() < deadline and any(s < checkpoints for s in seen):
+        for i, (proc, root, sig) in enumerate(targets):
+            if seen[i] >= checkpoints:
+                continue
+            found = list(root.rglob("last.ckpt"))
+            if found and (mtime := found[0].stat().st_mtime_ns) != last[i]:
+                seen[i], last[i] = seen[i] + 1, mtime
+            if seen[i] >= checkpoints or proc.poll() is not None:
+                seen[i] = checkpoints
+                proc.send_signal(sig)
+        time.sleep(0.01)
 
 
 def run_dir_of(root: Path) -> Path:
@@ -90,8 +97,9 @@ def interrupted(tmp_path_factory, cache_dir):
     roots = {name: tmp / name for name in ("whole", "kill", "term")}
     loggers = {"whole": "logger=csv", "kill": "logger=csv", "term": "logger=wandb"}
     procs = {n: start([*RUN, loggers[n], f"paths.runs_dir={roots[n]}"], cache_dir, tmp) for n in roots}
-    signal_after_checkpoints(procs["kill"], roots["kill"], signal.SIGKILL)
-    signal_after_checkpoints(procs["term"], roots["term"], signal.SIGTERM)
+    signal_after_checkpoints(
+        [(procs["kill"], roots["kill"], signal.SIGKILL), (procs["term"], roots["term"], signal.SIGTERM)]
+    )
     first = {n: (p.wait(timeout=300), p.stdout.read()) for n, p in procs.items()}
     states = {n: json.loads((run_dir_of(roots[n]) / "meta.json").read_text()) for n in ("kill", "term")}
     again = {
