@@ -320,14 +320,13 @@ def log_summary(cfg: DictConfig, plan: CampaignPlan, summary: dict, folder: Path
 
     from orthoreg_pl.loggers import finish_wandb
 
-    agent_run = (
-        {"id": os.environ["WANDB_RUN_ID"]} if os.environ.get("WANDB_SWEEP_ID") else {}
-    )  # `wandb agent`
+    under_agent = os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID")
+    agent_run = {"id": os.environ["WANDB_RUN_ID"]} if under_agent else {}  # `wandb agent` made the run
     # the group is the campaign's even inside an Optuna search (whose multirun names a group of its own)
     logger = instantiate(wandb_cfg, save_dir=str(folder), group=str(cfg.run_group), **agent_run)
     try:
         logger.log_hyperparams({"campaign": plan.settings, "objective": summary["objective"]})
-        columns = [c for c in COLUMNS]
+        columns = list(COLUMNS)
         data = [[r.get(c) for c in columns] for r in summary["rows"]]
         logger.log_table(key="campaign/summary", columns=columns, data=data)
         for column, title in PANELS:
