@@ -240,6 +240,10 @@ PANELS = (
 )
 
 
+def _objective_name(summary: dict) -> str:
+    return f"{summary['objective']['protocol']} {summary['objective']['metric']}"
+
+
 def _by_lambda(rows: list[dict], mode: str, column: str) -> tuple[list[float], list[float]]:
     """λ and the mean over seeds of ``column`` for one mode (points without a value are left out)."""
     values: dict[float, list[float]] = {}
@@ -272,7 +276,7 @@ def plot(summary: dict, path: Path) -> None:
                     label=f"{mode} (λ=0)",
                 )
                 drawn = True
-        ax.set_title(title.format(metric=summary["objective"]["metric"]), fontsize=10)
+        ax.set_title(title.format(metric=_objective_name(summary)), fontsize=10)
         ax.set_xlabel("λ (penalty weight)")
         if grid["lambdas"] and min(grid["lambdas"]) > 0:
             ax.set_xscale("log")
@@ -340,7 +344,7 @@ def log_summary(cfg: DictConfig, plan: CampaignPlan, summary: dict, folder: Path
                 xs=xs,
                 ys=ys,
                 keys=[m for m, _, _ in series],
-                title=title.format(metric=summary["objective"]["metric"]),
+                title=title.format(metric=_objective_name(summary)),
                 xname="λ",
             )
             logger.experiment.log({f"campaign/{column}_vs_lambda": chart})
