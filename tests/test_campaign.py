@@ -237,3 +237,25 @@ def test_optuna_search_scores_trials_by_the_merged_objective_and_resumes(tmp_pat
         assert row["mode"] == "standard_ortho" and row["lam"] == pytest.approx(lam)
         assert trial.value == pytest.approx(summary["objective"]["value"])
     assert len({t.params["lam"] for t in study.trials}) == 3
+
+
+@pytest.mark.parametrize("sweep", sorted((PROJECT_ROOT / "sweeps").glob("wandb_*.yaml")))
+def test_wandb_sweep_runs_one_campaign_point_and_maximises_the_merged_objective(sweep, tmp_path):
+    """A W&B agent runs the sweep's command with the proposed parameters (``key=value``): that is a
+    campaign of one point, which logs the metric the sweep maximises."""
+    import yaml
+
+    spec = yaml.safe_load(sweep.read_text())
+    assert spec["metric"] == {"name": "campaign/objective", "goal": "maximize"}
+    command = spec["command"]
+    assert (
+        command[1:4] == [".venv/bin/python", "-m", "orthoreg_pl.campaign"]
+        and command[-1] == "${args_no_hyphens}"
+    )
+    proposed = {name: 0.5 * (p["min"] + p["max"]) for name, p in spec["parameters"].items()}
+    args = [a for a in command[4:-1] if a != "launcher=slurm"]  # no cluster here
+    plan = plan_of(*args, *(f"{k}={v!r}" for k, v in proposed.items()), f"paths.root_dir={tmp_path}")
+    assert plan.penalized == ("standard_ortho",) and plan.plain == ()
+    assert plan.lambdas == (proposed["lam"],) and plan.protocols == ("addition",)
+    if "lr" in proposed:
+        assert f"optim.lr={proposed['lr']!r}" in plan.train[0].overrides
