@@ -17,7 +17,7 @@ import pytest
 from conftest import CONFIG_DIR, PROJECT_ROOT
 from hydra import compose, initialize_config_dir
 from test_lifecycle import env
-from wandb_offline import offline_run_dirs, read_offline_run
+from wandb_offline import read_offline_runs
 
 from orthoreg_pl import OrthoRegError
 from orthoreg_pl.campaign import make_plan
@@ -168,7 +168,7 @@ def test_campaign_plot_and_wandb_run(ran):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert width >= 1000 and height >= 700
-    (run,) = [read_offline_run(d) for d in offline_run_dirs(folder)]
+    (run,) = read_offline_runs(folder)
     assert run.exit_code == 0 and run.job_type == "campaign" and run.group == "campaign-quickstart"
     assert run.summary["campaign/objective"] == pytest.approx(summary["objective"]["value"])
     logged = {key for row in run.history for key in row}

@@ -1,7 +1,8 @@
 """The run lifecycle end to end, as a scheduler and a user meet it: ``train.py`` subprocesses killed with
 SIGKILL and SIGTERM and run again, a held folder, runs that diverge, multiruns re-run, offline W&B runs.
 
-Every run is the tiny random-init ViT on the quickstart Digits task, two epochs of 21 steps.
+Every run is the tiny random-init ViT on the quickstart Digits task, four epochs of 21 steps (long enough
+that a signal sent after the second checkpoint, at step 10, lands mid-training on a fast machine).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import PROJECT_ROOT, compose_config, path_overrides
-from wandb_offline import offline_run_dirs, read_offline_run
+from wandb_offline import read_offline_runs
 
 from orthoreg_pl import OrthoRegError
 from orthoreg_pl.errors import RunFailed
@@ -30,7 +31,7 @@ RUN = [
     "experiment=quickstart",
     "dataset=digits",
     "mode=standard_ortho",
-    "trainer.max_epochs=2",
+    "trainer.max_epochs=4",
     "trainer.enable_progress_bar=false",
     "callbacks.checkpoint.every_n_train_steps=5",
 ]
@@ -130,14 +131,14 @@ def test_sigterm_saves_checkpoint_exits_nonzero_and_resumes_identically(interrup
     whole, resumed = vector(interrupted["roots"]["whole"]), vector(interrupted["roots"]["term"])
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     meta = json.loads((run_dir_of(interrupted["roots"]["term"]) / "meta.json").read_text())
-    assert meta["status"] == "finished" and meta["steps"] == 42
+    assert meta["status"] == "finished" and meta["steps"] == 84
 
 
 def test_resumed_job_continues_its_own_wandb_run(interrupted):
     """Offline W&B: the interrupted job and its resumption are two offline runs with one id (synced into one
     run), the second continuing the steps; zero-shot and fine-tuned accuracy under their own keys."""
     run_dir = run_dir_of(interrupted["roots"]["term"])
-    runs = [read_offline_run(d) for d in offline_run_dirs(run_dir)]
+    runs = read_offline_runs(run_dir)
     assert len(runs) == 2
     first, second = runs
     meta = json.loads((run_dir / "meta.json").read_text())
@@ -243,7 +244,7 @@ def test_multirun_skips_finished_and_resumes_only_unfinished(tmp_path, cache_dir
     assert rc == 0 and "multirun: 2 jobs: 2 finished, 0 skipped, 0 failed" in output, output
     metas = sorted((tmp_path / "runs").rglob("meta.json"))
     assert len(metas) == 2 and metas[0].parent != metas[1].parent
-    wandb_runs = [read_offline_run(d) for d in offline_run_dirs(tmp_path / "runs")]
+    wandb_runs = read_offline_runs(tmp_path / "runs")
     assert len({r.run_id for r in wandb_runs}) == 2 and all(r.exit_code == 0 for r in wandb_runs)
     assert sorted(r.config["config"]["optim"]["lr"] for r in wandb_runs) == [0.001, 0.002]
     assert len({r.group for r in wandb_runs}) == 1 and wandb_runs[0].group.startswith("train-")

@@ -198,7 +198,7 @@ def test_same_report_is_skipped_and_settings_select_runs(runs, cache_dir, tmp_pa
 
 def test_merge_logs_one_offline_wandb_run(runs, cache_dir, tmp_path, monkeypatch):
     """logger=wandb: one finished run per merge, job_type merge, its config, the α curves and report.json."""
-    from wandb_offline import offline_run_dirs, read_offline_run
+    from wandb_offline import read_offline_runs
 
     for key in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(key, str(tmp_path / key.lower()))
@@ -207,7 +207,7 @@ def test_merge_logs_one_offline_wandb_run(runs, cache_dir, tmp_path, monkeypatch
     out = tmp_path / "report"
     cfg = merge_cfg(runs, cache_dir, out, "experiment=quickstart_addition", "logger=wandb")
     report = run_merge(cfg)
-    (run,) = [read_offline_run(d) for d in offline_run_dirs(out)]
+    (run,) = read_offline_runs(out)
     assert run.run_id == f"test-{report['identity']['hash']}" and run.exit_code == 0
     assert run.config["config"]["protocol"]["name"] == "addition"
     assert run.summary["addition/objective"] == pytest.approx(report["objective"]["value"])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -113,6 +114,19 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
     run.config.pop("_wandb", None)
     run.summary.pop("_wandb", None)
     return run
+
+
+def read_offline_runs(root: Path, timeout: float = 30.0) -> list[OfflineRun]:
+    """Every offline run below ``root``, once each has its exit record (or ``timeout`` seconds passed).
+
+    ``wandb.finish()`` returns when the client is done; wandb's core process may still be writing the
+    last block of the file, so a reader right after a run (or right after its process exited) waits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [read_offline_run(d) for d in offline_run_dirs(root)]
+        if all(r.exit_code is not None for r in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.2)
 
 
 def _path(item: Any) -> list[str]:
