@@ -179,6 +179,11 @@ class RunLifecycle(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fitting = True
+        if signal.SIGTERM in self._previous:
+            # Lightning wraps our SIGTERM handler in its own when fitting starts; its part raises at the
+            # end of a step, after this callback's turn (e.g. while a periodic checkpoint is written),
+            # so a signal then stopped the run without saving the step. While fitting, ours decides alone.
+            signal.signal(signal.SIGTERM, self._on_signal)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fitting = False
