@@ -14,10 +14,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from orthoreg_pl.evaluation.report_files import pct
+from orthoreg_pl.evaluation.report_files import REPORT_FILE, pct
 from orthoreg_pl.run_folder import FINISHED, META_FILE, read_meta, run_status
-
-REPORT_FILE = "report.json"
 
 
 def collect_runs(runs_dir: str | Path) -> list[dict]:

@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import PROJECT_ROOT, compose_config, cpu_trainer, path_overrides
 from hydra.utils import instantiate
+from test_lifecycle import env
 from torch.utils.data import DistributedSampler, TensorDataset
 
 import orthoreg_pl.data.sampler as sampler_module
@@ -45,16 +46,6 @@ RUNS = {  # name: overrides; the global batch is 64 in all three
     "fsdp": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=64"],
 }
 TOLERANCE = 1e-5
-
-
-def env(cache: Path, tmp: Path) -> dict[str, str]:
-    dist_vars = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("HYDRA_", "WANDB_", "ORTHOREG_", "SLURM_", "PL_")) and k not in dist_vars
-    }
-    return {**clean, "ORTHOREG_CACHE_DIR": str(cache), "ORTHOREG_DATA_ROOT": str(tmp / "data")}
 
 
 def train_py(args: list[str], cache: Path, tmp: Path, timeout: float = 240) -> str:

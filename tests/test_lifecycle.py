@@ -21,6 +21,7 @@ from conftest import PROJECT_ROOT, compose_config, path_overrides
 from wandb_offline import read_offline_runs
 
 from orthoreg_pl import OrthoRegError
+from orthoreg_pl.cli import DIST_ENV
 from orthoreg_pl.errors import RunFailed
 from orthoreg_pl.loggers import ResumableCSVLogger
 from orthoreg_pl.run_folder import RunLock
@@ -38,7 +39,13 @@ RUN = [
 
 
 def env(cache: Path, tmp: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_", "ORTHOREG_"))}
+    """A clean environment for a train.py subprocess: our caches, offline W&B, no scheduler or rendezvous
+    variables of the machine the tests run on."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HYDRA_", "WANDB_", "ORTHOREG_", "SLURM_", "PL_")) and k not in DIST_ENV
+    }
     return {
         **clean,
         "ORTHOREG_CACHE_DIR": str(cache),

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from orthoreg_pl.evaluation.report_files import pct  # noqa: E402
+from orthoreg_pl.evaluation.report_files import REPORT_FILE, pct  # noqa: E402
 from orthoreg_pl.utils.io import atomic_path, write_json, write_text  # noqa: E402
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from orthoreg_pl.campaign.runner import StageResult
 
 SUMMARY_SCHEMA_VERSION = 1
-REPORT_FILE = "report.json"
 
 # column -> what it is (the Markdown table's header note and the CSV's column order)
 COLUMNS = {

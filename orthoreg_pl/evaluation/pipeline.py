@@ -17,7 +17,7 @@ from orthoreg_pl.evaluation.alphas import check_alphas
 from orthoreg_pl.evaluation.evaluator import MergeEvaluator
 from orthoreg_pl.evaluation.protocols import PROTOCOLS
 from orthoreg_pl.evaluation.protocols.common import inputs as report_inputs
-from orthoreg_pl.evaluation.report_files import write_report
+from orthoreg_pl.evaluation.report_files import REPORT_FILE, write_report
 from orthoreg_pl.evaluation.report_logging import log_report
 from orthoreg_pl.models import pretrained_identity
 from orthoreg_pl.run_identity import MERGE_SELECTABLE, identity_hash, report_settings
@@ -76,7 +76,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def _finished_report(report_dir: Path, identity: dict, inputs: dict) -> dict | None:
     """The report already in ``report_dir`` if it has this identity and these exact inputs."""
-    path = report_dir / "report.json"
+    path = report_dir / REPORT_FILE
     if not path.is_file():
         return None
     try:

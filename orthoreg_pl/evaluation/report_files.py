@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from orthoreg_pl.utils.io import atomic_path, write_json, write_text  # noqa: E402
 
 REPORT_SCHEMA_VERSION = 1
+REPORT_FILE = "report.json"  # written last: a report folder holding it is complete
 
 
 def pct(x: float | None) -> str:
@@ -88,4 +89,4 @@ def write_report(report_dir: str | Path, report: dict) -> None:
     write_text(report_dir / "report.csv", csv_text(report))
     if report["val_curves"]:  # single_task has no α curve
         plot(report, report_dir / "alpha_curve.png")
-    write_json(report_dir / "report.json", {"schema_version": REPORT_SCHEMA_VERSION, **report})
+    write_json(report_dir / REPORT_FILE, {"schema_version": REPORT_SCHEMA_VERSION, **report})

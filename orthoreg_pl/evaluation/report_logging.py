@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
-from orthoreg_pl.evaluation.report_files import rows
+from orthoreg_pl.evaluation.report_files import REPORT_FILE, rows
 from orthoreg_pl.loggers import finish_wandb
 
 
@@ -55,5 +55,5 @@ def _log_wandb_report(logger: WandbLogger, cfg: DictConfig, report: dict) -> Non
     if image.exists():
         logger.log_image(key=f"{protocol}/alpha_curve", images=[str(image)])
     artifact = wandb.Artifact(f"report-{report['identity']['hash']}", type="merge_report")
-    artifact.add_file(str(Path(cfg.paths.output_dir) / "report.json"))
+    artifact.add_file(str(Path(cfg.paths.output_dir) / REPORT_FILE))
     logger.experiment.log_artifact(artifact)
