@@ -21,7 +21,7 @@ from pathlib import Path
 from torch import Tensor
 
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.utils.io import write_json, write_text
+from orthoreg_pl.utils.io import sha256_file, write_json, write_text
 
 META_FILE = "meta.json"
 CONFIG_FILE = "config.yaml"
@@ -121,7 +121,10 @@ def set_status(run_dir: str | Path, meta: dict, status: str, reason: str | None 
 def publish_run(
     run_dir: str | Path, tensors: dict[str, Tensor], meta: dict, config_yaml: str, **fields
 ) -> dict:
-    """Write config and task vector, then mark the run finished in meta.json (each atomically)."""
+    """Write config and task vector, then mark the run finished in meta.json (each atomically).
+
+    meta.json records the vector file's sha256 (``task_vector_sha256``): merge.py refuses a vector
+    changed after the run finished, even one whose safetensors header is intact."""
     from orthoreg_pl.task_vectors import TASK_VECTOR_FILE, save_task_vector  # task_vectors reads run folders
 
     run_dir = Path(run_dir)
@@ -131,7 +134,8 @@ def publish_run(
         tensors,
         metadata={k: meta[k] for k in ("arch", "pretrained", "mode", "task")},
     )
-    return set_status(run_dir, meta, FINISHED, finished_at=now(), **fields)
+    checksum = sha256_file(run_dir / TASK_VECTOR_FILE)
+    return set_status(run_dir, meta, FINISHED, finished_at=now(), task_vector_sha256=checksum, **fields)
 
 
 class RunLock:

@@ -3,6 +3,7 @@
 from orthoreg_pl.task_vectors.compat import check_compatible, mode_family
 from orthoreg_pl.task_vectors.io import (
     TASK_VECTOR_FILE,
+    check_finite,
     find_runs,
     load_checkpoint_vector,
     load_run,
@@ -22,6 +23,7 @@ __all__ = [
     "TaskVector",
     "TaskVectorInfo",
     "check_compatible",
+    "check_finite",
     "combine_info",
     "cosine_matrix",
     "find_runs",

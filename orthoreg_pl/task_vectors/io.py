@@ -84,7 +84,9 @@ def load_run(run_dir: str | Path) -> TaskVector:
     if missing:
         raise OrthoRegError(f"run metadata {run_dir / META_FILE} lacks field(s) {', '.join(missing)}")
     path = run_dir / TASK_VECTOR_FILE
+    checksum = _verified_checksum(path, meta, run_dir / META_FILE)
     tensors, header = _read_with_header(path)
+    check_finite(tensors, path)
     for name in _INFO_FIELDS:
         if name in header and header[name] != meta[name]:
             raise OrthoRegError(
@@ -98,10 +100,36 @@ def load_run(run_dir: str | Path) -> TaskVector:
         space=_space(meta, run_dir / META_FILE),
         task=meta["task"],
         source=str(path),
-        checksum=sha256_file(path),
+        checksum=checksum,
         meta=meta,
     )
     return TaskVector(tensors, info)
+
+
+def _verified_checksum(path: Path, meta: dict, meta_path: Path) -> str:
+    """sha256 of the task vector file, equal to the one meta.json recorded when the run finished (runs
+    written before the field have none to compare: their checksum is only reported)."""
+    if not path.is_file():
+        raise OrthoRegError(f"task vector file {path} does not exist")
+    checksum = sha256_file(path)
+    recorded = meta.get("task_vector_sha256")
+    if recorded is not None and recorded != checksum:
+        raise OrthoRegError(
+            f"task vector file {path} has sha256 {checksum[:12]}…, but {meta_path} recorded "
+            f"{str(recorded)[:12]}… when the run finished: the file changed since; re-run the training "
+            "run (or restore the file)"
+        )
+    return checksum
+
+
+def check_finite(tensors: Mapping[str, Tensor], source: str | Path) -> None:
+    """Refuse NaN or ±inf in a task vector or head: a merge would spread it to every prediction."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise OrthoRegError(
+                f"{source}: tensor {key} holds {bad} non-finite value(s) (NaN or inf); expected finite numbers"
+            )
 
 
 def _read_with_header(path: Path) -> tuple[dict[str, Tensor], dict]:
