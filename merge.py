@@ -6,8 +6,9 @@ Hydra composes configs/merge.yaml; the report folder gets report.json, report.md
 import hydra
 from omegaconf import DictConfig
 
-from orthoreg_pl.cli import check_experiment_kind, objective, result_field, run_or_exit
+from orthoreg_pl.cli import objective, result_field, run_or_exit
 from orthoreg_pl.evaluation.pipeline import run_merge
+from orthoreg_pl.precheck import start
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="merge")
@@ -18,5 +19,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    check_experiment_kind("merge")
-    main()
+    start("merge", main)  # the command line is composed and validated first: a bad value costs nothing

@@ -7,7 +7,8 @@ runs are skipped, unfinished ones resumed, and a failed job does not stop the sw
 import hydra
 from omegaconf import DictConfig
 
-from orthoreg_pl.cli import check_experiment_kind, objective, result_field, run_or_exit
+from orthoreg_pl.cli import objective, result_field, run_or_exit
+from orthoreg_pl.precheck import start
 from orthoreg_pl.training import train
 
 
@@ -19,5 +20,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    check_experiment_kind("train")
-    main()
+    start("train", main)  # the command line is composed and validated first: a bad value costs nothing

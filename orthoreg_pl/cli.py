@@ -1,7 +1,7 @@
 """What ``train.py`` and ``merge.py`` share: how a job ends, in one line and an exit status.
 
 Single run: bad input exits 2, a failed run 1, an interrupted one 128 + the signal (143 for SIGTERM),
-each with one ``error:`` line on stderr. In a multirun a bad or failed job is reported and the sweep
+each with one ``error:`` line on stderr; ``HYDRA_FULL_ERROR=1`` shows an unexpected error's traceback. In a multirun a bad or failed job is reported and the sweep
 goes on (the sweep's summary exits 1 at the end); an interrupted job stops the sweep, since the
 scheduler that sent the signal wants the whole process gone.
 """
@@ -38,6 +38,22 @@ def experiment_kind(name: str) -> str | None:
     """``experiment_kind`` of configs/experiment/<name>.yaml (None: no such file; Hydra says so)."""
     path = EXPERIMENT_DIR / f"{name}.yaml"
     return OmegaConf.load(path).get("experiment_kind") if path.is_file() else None
+
+
+def script_groups(kind: str) -> str:
+    """``${script_groups:train}``: the groups of configs/<kind>.yaml's defaults with their options, one
+    per line, for the script's --help (experiments: only those of that script)."""
+    from orthoreg_pl.validation import group_options
+
+    defaults = OmegaConf.load(EXPERIMENT_DIR.parent / f"{kind}.yaml").get("defaults", [])
+    groups = [next(iter(d)) for d in defaults if OmegaConf.is_dict(d)]
+    lines = []
+    for group in [g for g in groups if g not in ("hydra", "experiment")] + ["experiment"]:
+        options = group_options(group)
+        if group == "experiment":
+            options = [o for o in options if experiment_kind(o) == kind]
+        lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
 
 
 def check_experiment_kind(kind: str, argv: list[str] | None = None) -> None:
@@ -129,10 +145,15 @@ def run_or_exit(job: Callable[[DictConfig], T], cfg: DictConfig, root: str | Pat
         code = 2 if isinstance(err, OrthoRegError) else 1
         message = str(err)
     except Exception as err:
-        if not multirun:
-            raise
-        log.exception("job failed")  # a bug, not bad input: the traceback goes to the job's log
-        code, message = 1, f"{type(err).__name__}: {err}"
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # Hydra prints the whole traceback
+        if multirun:
+            log.exception("job failed")  # a bug, not bad input: the traceback goes to the job's log
+        first = (str(err).strip().splitlines() or [""])[0]
+        code, message = (
+            1,
+            f"unexpected {type(err).__name__}: {first} (HYDRA_FULL_ERROR=1 shows the traceback)",
+        )
     else:
         record_outcome("skipped" if getattr(result, "skipped", False) else "finished")
         return result

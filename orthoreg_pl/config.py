@@ -21,9 +21,9 @@ def _hash_of(root: DictConfig, settings_of) -> str:
 
     try:
         lam = float(root.ortho.lam) if root.mode.get("penalized") else 0.0
-    except (TypeError, ValueError):
-        return "invalid"  # bad λ: the job reports it
-    return identity_hash(settings_of(root, lam))
+        return identity_hash(settings_of(root, lam))
+    except Exception:  # noqa: BLE001 - a bad value (λ, an α, ...): the job's validation names it
+        return "invalid"
 
 
 def run_hash(*, _root_: DictConfig) -> str:
@@ -48,6 +48,12 @@ def campaign_hash(*, _root_: DictConfig) -> str:
     return identity_hash(campaign_settings(_root_))
 
 
+def script_groups(kind: str) -> str:
+    from orthoreg_pl.cli import script_groups as groups
+
+    return groups(kind)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("lam"):
         OmegaConf.register_new_resolver("lam", format_lambda)
@@ -55,6 +61,7 @@ def register_resolvers() -> None:
         ("run_hash", run_hash),
         ("report_hash", report_hash),
         ("campaign_hash", campaign_hash),
+        ("script_groups", script_groups),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -1,7 +1,9 @@
 """Tables of finished runs and merge reports: ``python -m orthoreg_pl.report DIR...``.
 
-Fine-tuning runs (meta.json) give the single-task table (zero-shot vs fine-tuned accuracy); merge
-reports (report.json) give the task-addition and task-negation tables shaped like the paper's.
+Fine-tuning runs (meta.json) give the single-task table (zero-shot vs fine-tuned accuracy), one table
+for all the folders given, so the authors' imported runs (``source`` reference, import_reference.py)
+sit beside native ones; merge reports (report.json) give the task-addition and task-negation tables
+shaped like the paper's.
 """
 
 from __future__ import annotations
@@ -18,11 +20,20 @@ from orthoreg_pl.evaluation.report_files import REPORT_FILE, pct
 from orthoreg_pl.run_folder import FINISHED, META_FILE, read_meta, run_status
 
 
+def run_source(meta: dict) -> str:
+    """``reference`` for a run imported from the authors' checkpoints, ``native`` for one trained here."""
+    return "reference" if meta.get("imported_from") else "native"
+
+
+def _run_key(meta: dict) -> tuple:
+    return (meta["task"], meta["mode"], meta["ortho"]["lam"], meta["seed"], run_source(meta) != "native")
+
+
 def collect_runs(runs_dir: str | Path) -> list[dict]:
-    """meta.json of every finished run below ``runs_dir``, sorted by task, mode and λ."""
+    """meta.json of every finished run below ``runs_dir``, sorted by task, mode, λ, seed and source."""
     metas = [read_meta(p.parent) for p in sorted(Path(runs_dir).rglob(META_FILE))]
     metas = [m for m in metas if run_status(m) == FINISHED]
-    return sorted(metas, key=lambda m: (m["task"], m["mode"], m["ortho"]["lam"], m["seed"]))
+    return sorted(metas, key=_run_key)
 
 
 def collect_reports(folder: str | Path) -> list[dict]:
@@ -36,13 +47,15 @@ def single_task_table(metas: list[dict]) -> Table:
         title="Single-task top-1 accuracy (%): zero-shot θ0 vs fine-tuned",
         caption="ZS = zero-shot, FT = fine-tuned",
     )
-    for column in ("task", "mode", "λ", "ZS val", "ZS test", "FT val", "FT test", "steps"):
-        table.add_column(column, justify="left" if column in ("task", "mode") else "right")
+    for column in ("task", "mode", "λ", "source", "ZS val", "ZS test", "FT val", "FT test", "steps"):
+        table.add_column(column, justify="left" if column in ("task", "mode", "source") else "right")
     for m in metas:
-        zs, ft = m["accuracy"]["zeroshot"] or {}, m["accuracy"]["finetuned"]
+        accuracy = m.get("accuracy") or {}
+        zs, ft = accuracy.get("zeroshot") or {}, accuracy.get("finetuned") or {}
+        steps = m.get("steps")
         table.add_row(
-            m["task"], m["mode"], f"{m['ortho']['lam']:g}", pct(zs.get("val")), pct(zs.get("test")),
-            pct(ft["val"]), pct(ft["test"]), str(m["steps"]),
+            m["task"], m["mode"], f"{m['ortho']['lam']:g}", run_source(m), pct(zs.get("val")),
+            pct(zs.get("test")), pct(ft.get("val")), pct(ft.get("test")), "–" if steps is None else str(steps),
         )  # fmt: skip
     return table
 
@@ -83,16 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     console = Console(width=max(160, Console().width))
-    found = False
+    metas = sorted((m for folder in args.folders for m in collect_runs(folder)), key=_run_key)
+    if metas:  # one table: imported and native runs of a task side by side
+        console.print(single_task_table(metas))
+    found = bool(metas)
     for folder in args.folders:
-        metas, reports = collect_runs(folder), collect_reports(folder)
-        if metas:
-            console.print(single_task_table(metas))
+        reports = collect_reports(folder)
         for protocol in ("addition", "negation"):
             selected = [r for r in reports if r["protocol"] == protocol]
             if selected:
                 console.print(merge_table(selected, protocol))
-        found = found or bool(metas or reports)
+        found = found or bool(reports)
     if not found:
         folders = ", ".join(str(f) for f in args.folders)
         print(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import warnings
 from pathlib import Path
 
@@ -43,6 +44,8 @@ from orthoreg_pl.run_folder import (
 )
 from orthoreg_pl.run_identity import differing, identity_hash, identity_settings
 from orthoreg_pl.task_vectors import TASK_VECTOR_FILE
+from orthoreg_pl.utils.safe_load import unsafe_pickle_message
+from orthoreg_pl.validation import validate_train
 
 log = logging.getLogger(__name__)
 # The run folder holds meta.json before the first checkpoint; Lightning's notice about it is noise.
@@ -123,6 +126,7 @@ def train(cfg: DictConfig) -> dict:
 
     A finished run with the same identity is not trained again: its meta comes back as :class:`Skipped`.
     """
+    validate_train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     lam = effective_lambda(cfg)
     identity = run_identity(cfg, lam)
@@ -246,7 +250,13 @@ def _fit_and_publish(
     resume = cfg.resume and checkpoint.exists()
     if resume:
         log.info("resuming from %s", checkpoint)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
+    try:  # weights_only explicitly: Lightning passes None, which torch < 2.6 takes as False
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None, weights_only=True
+        )
+    except pickle.UnpicklingError as err:
+        message = unsafe_pickle_message(checkpoint, "checkpoint", err)
+        raise OrthoRegError(f"{message}; or delete it to train this run afresh") from None
     finetuned = _evaluate(trainer, module, datamodule, "finetuned")
     task_vector = module.task_vector()
     bad = [name for name, t in task_vector.items() if not torch.isfinite(t).all()]

@@ -176,11 +176,13 @@ def test_command_line_lambda_wins(paths):
 
 
 def test_dataset_is_required(paths):
-    """train.yaml leaves dataset mandatory: composing without one must not silently pick a task."""
-    from hydra.errors import ConfigCompositionException
+    """train.yaml leaves dataset unset: validation refuses the config, listing the tasks (never a silent pick)."""
+    from orthoreg_pl.errors import OrthoRegError
+    from orthoreg_pl.validation import validate_train
 
-    with pytest.raises(ConfigCompositionException, match="dataset") as err:
-        compose_config(list(paths))
+    cfg = compose_config(list(paths))
+    with pytest.raises(OrthoRegError, match="dataset is not set") as err:
+        validate_train(cfg)
     assert "digits" in str(err.value)  # the options are listed
 
 

@@ -2,7 +2,7 @@
 
 The numbers are read from the merge reports the campaign's jobs wrote (their folders come from the
 jobs' outcome logs), never recomputed: the objective in a row is the value in its addition report.
-Single-task accuracies are the runs' own (the references every report carries).
+Single-task accuracies are the references every report carries (measured by the merge, at its precision).
 """
 
 from __future__ import annotations

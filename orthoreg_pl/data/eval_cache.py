@@ -9,11 +9,14 @@ float32 operations, so a cached sample is identical (``torch.equal``) to an unca
 A cache is keyed by task, split, the PIL part's repr, the image size, the split checksum and the
 split's contents (file list and labels, or array bytes), so any change builds a new one. Files are
 written under temporary names and renamed; the JSON sidecar is written last and marks completion.
-The cache does not notice image files edited in place under the same name: delete it then.
+It records the sha256 of the pixels and labels, verified the first time a process opens the entry
+(streamed, about a second per GB): a cache file changed after it was built is refused, not used.
+The cache does not notice source image files edited in place under the same name: delete it then.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -31,7 +34,8 @@ from orthoreg_pl.utils.io import atomic_path, sha256_text, write_json
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: the sidecar holds the pixels' sha256
+_VERIFIED: set[tuple[str, str]] = set()  # (images file, sha256) checked by this process
 
 
 def split_eval_transform(transform: Callable) -> tuple[T.Compose, Callable] | None:
@@ -213,7 +217,10 @@ def cache_paths(cache_dir: Path, task: str, split: str, key: str) -> tuple[Path,
 
 
 def _read_complete(paths: tuple[Path, Path, Path], key: str) -> np.ndarray | None:
-    """The labels of a complete entry with this key, else None (absent, partial, or another key)."""
+    """The labels of a complete entry with this key, else None (absent, partial, or another key).
+
+    The first time in a process, the pixels and labels are checked against the sha256 the sidecar
+    recorded when the entry was built; a mismatch is an error naming the file."""
     images_path, labels_path, meta_path = paths
     try:
         meta = json.loads(meta_path.read_text())
@@ -223,7 +230,24 @@ def _read_complete(paths: tuple[Path, Path, Path], key: str) -> np.ndarray | Non
         return None
     if meta.get("key") != key or images.shape[0] != len(labels) or list(images.shape) != meta.get("shape"):
         return None
+    recorded = meta.get("sha256")
+    if (str(images_path), recorded) not in _VERIFIED:
+        if recorded != contents_sha256(images, labels):
+            raise OrthoRegError(
+                f"eval cache {images_path} does not match the sha256 its sidecar {meta_path.name} recorded "
+                "when it was built (the file changed since); delete both files and the cache is rebuilt"
+            )
+        _VERIFIED.add((str(images_path), recorded))
     return labels
+
+
+def contents_sha256(images: np.ndarray, labels: np.ndarray, rows: int = 256) -> str:
+    """sha256 of the cached pixels (row by row, streamed from the memory map) and the labels."""
+    digest = hashlib.sha256()
+    for start in range(0, len(images), rows):
+        digest.update(np.ascontiguousarray(images[start : start + rows]).data)
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).data)
+    return digest.hexdigest()
 
 
 def _build(
@@ -255,7 +279,10 @@ def _build(
         del out
     with atomic_path(labels_path) as tmp, open(tmp, "wb") as f:
         np.save(f, labels)
-    write_json(meta_path, {**meta, "shape": [n, *first.shape]})  # last: marks the entry complete
+    images = np.load(images_path, mmap_mode="r")
+    checksum = contents_sha256(images, labels)
+    _VERIFIED.add((str(images_path), checksum))
+    write_json(meta_path, {**meta, "shape": [n, *first.shape], "sha256": checksum})  # last: marks completion
     return labels
 
 

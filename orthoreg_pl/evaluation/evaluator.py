@@ -1,9 +1,8 @@
 """The merge evaluator: one encoder, the heads and the loaders built once, any (task, split, τ, α grid)
-scored with the engine; and the zero-shot reference of a task, computed once and cached beside the runs."""
+scored with the engine; its reference accuracies (references.py) are cached under the cache dir."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -11,8 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from orthoreg_pl.data import TaskDataModule, eval_dataloader
-from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.evaluation.engine import MergeEvalModule, evaluate_alphas
+from orthoreg_pl.evaluation.references import ReferenceCache
 from orthoreg_pl.models import (
     ImageClassifier,
     create_clip,
@@ -21,19 +20,17 @@ from orthoreg_pl.models import (
     pretrained_identity,
 )
 from orthoreg_pl.task_vectors import TaskVector
-from orthoreg_pl.utils.io import write_json
-
-ZEROSHOT_FILE = "zeroshot.json"
 
 
 class MergeEvaluator:
     """Builds the encoder, the heads and the loaders once; scores θ0 + α·τ on any (task, split)."""
 
     def __init__(self, cfg: DictConfig, tasks: list[str]) -> None:
+        self.arch = str(cfg.model.arch)
         self.identity = pretrained_identity(cfg.model.pretrained, cfg.model.init_seed)
         clip = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.model.init_seed, cfg.model.quick_gelu)
         preprocess = preprocess_config(clip)
-        self.heads, self.loaders, self.checksums = {}, {}, {}
+        self.heads, self.loaders, self.checksums, self.preprocess = {}, {}, {}, {}
         for task in tasks:
             dm: TaskDataModule = instantiate(cfg.data, task=task)
             dm.preprocess = preprocess
@@ -53,11 +50,15 @@ class MergeEvaluator:
                 "test": eval_dataloader(dm.test_set, batch, workers, shard=True),
             }
             self.checksums[task] = dm.checksum
+            self.preprocess[task] = {k: _plain(v) for k, v in sorted(dm.resolved_preprocess().items())}
         self.module = MergeEvalModule(ImageClassifier(clip.visual, self.heads[tasks[0]]))
         del clip  # the text tower is no longer needed
         self.trainer: L.Trainer = instantiate(
             cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, use_distributed_sampler=False
         )
+        self.precision = str(self.trainer.precision)
+        self.device_type = self.trainer.strategy.root_device.type
+        self.references = ReferenceCache(Path(cfg.paths.cache_dir) / "references", self)
 
     def accuracy(self, task: str, split: str, vector: TaskVector | None, alphas: list[float]) -> list[float]:
         closed_form = vector is not None and vector.info is not None and vector.info.space == "tangent"
@@ -73,19 +74,6 @@ class MergeEvaluator:
         )
 
 
-def zeroshot_reference(cfg: DictConfig, evaluator: MergeEvaluator, task: str) -> dict[str, float]:
-    """Zero-shot val/test accuracy of θ0 on ``task``: computed once, stored next to the runs
-    (``<runs_dir>/<arch>/zeroshot.json``, keyed by pretrained weights, task and split) and reused."""
-    path = Path(cfg.paths.runs_dir) / cfg.model.arch / ZEROSHOT_FILE
-    key = f"{evaluator.identity}|{task}|{evaluator.checksums[task]}"
-    try:
-        table = json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError as err:
-        raise OrthoRegError(
-            f"zero-shot reference file {path} is corrupt ({err}); delete it to recompute"
-        ) from err
-    if key not in table:
-        table[key] = {s: evaluator.accuracy(task, s, None, [0.0])[0] for s in ("val", "test")}
-        if evaluator.trainer.is_global_zero:
-            write_json(path, dict(sorted(table.items())))
-    return table[key]
+def _plain(value: object) -> object:
+    """A preprocessing value as JSON (tuples as lists), for the references' cache key."""
+    return list(value) if isinstance(value, tuple) else value

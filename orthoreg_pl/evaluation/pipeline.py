@@ -17,12 +17,14 @@ from orthoreg_pl.evaluation.alphas import check_alphas
 from orthoreg_pl.evaluation.evaluator import MergeEvaluator
 from orthoreg_pl.evaluation.protocols import PROTOCOLS
 from orthoreg_pl.evaluation.protocols.common import inputs as report_inputs
+from orthoreg_pl.evaluation.references import cross_check
 from orthoreg_pl.evaluation.report_files import REPORT_FILE, write_report
 from orthoreg_pl.evaluation.report_logging import log_report
 from orthoreg_pl.models import pretrained_identity
 from orthoreg_pl.run_identity import MERGE_SELECTABLE, identity_hash, report_settings
 from orthoreg_pl.task_vectors import TaskVector, check_compatible, find_runs, load_run
 from orthoreg_pl.training import effective_lambda
+from orthoreg_pl.validation import validate_merge
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,18 @@ def _finished_report(report_dir: Path, identity: dict, inputs: dict) -> dict | N
     return None
 
 
+def check_splits(vectors: dict[str, TaskVector], checksums: dict[str, str]) -> None:
+    """Each run was trained and scored on the train/val split merge.py evaluates (same files, same
+    rule): a run of another data version or split seed would be compared against the wrong split."""
+    for task, vector in vectors.items():
+        recorded = vector.info.meta.get("split_checksum")
+        if recorded is not None and recorded != checksums[task]:
+            raise OrthoRegError(
+                f"run {Path(vector.info.source).parent} recorded split checksum {recorded}, but the {task} "
+                f"split merge.py evaluates has {checksums[task]} (other data files or data.split_seed?)"
+            )
+
+
 class SkippedReport(dict):
     """A report that was already complete for the same settings and inputs: returned without evaluating."""
 
@@ -99,13 +113,10 @@ class SkippedReport(dict):
 
 def run_merge(cfg: DictConfig) -> dict:
     """Score one protocol for one set of fine-tuned runs and write the report folder."""
+    validate_merge(cfg)
     name = cfg.protocol.name
-    if name not in PROTOCOLS:
-        raise OrthoRegError(f"protocol.name={name!r} is not supported; expected one of {sorted(PROTOCOLS)}")
     alphas = check_alphas(cfg.protocol.alphas)
     tasks = list(cfg.tasks)
-    if not tasks:
-        raise OrthoRegError("tasks is empty; expected the list of tasks whose task vectors to merge")
     lam = effective_lambda(cfg)
     selected = selected_settings(cfg)
     vectors = _load_vectors(cfg, tasks, lam, selected)
@@ -121,6 +132,7 @@ def run_merge(cfg: DictConfig) -> dict:
     control = cfg.protocol.get("control")
     needed = tasks + ([control] if name == "negation" and control not in tasks else [])
     evaluator = MergeEvaluator(cfg, needed)
+    check_splits(vectors, evaluator.checksums)
     body = PROTOCOLS[name](cfg, evaluator, vectors, alphas)
     first = next(iter(vectors.values())).info
     metric = cfg.protocol.objective.metric
@@ -144,7 +156,9 @@ def run_merge(cfg: DictConfig) -> dict:
         },
         "inputs": inputs,
         "split_checksums": evaluator.checksums,
+        "precision": evaluator.precision,
         **body,
+        "reference_check": cross_check(body["references"], vectors, float(cfg.reference_tolerance)),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if evaluator.trainer.is_global_zero:

@@ -9,6 +9,7 @@ random-init experiment shares the same θ0 and its task vectors can be merged).
 from __future__ import annotations
 
 import functools
+import pickle
 from pathlib import Path
 
 import open_clip
@@ -17,6 +18,7 @@ from torch import nn
 
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.utils.io import sha256_file
+from orthoreg_pl.utils.safe_load import unsafe_pickle_message
 
 TINY_ARCH = "orthoreg-tiny-vit"
 _MODEL_CONFIGS = Path(__file__).resolve().parent.parent / "resources" / "model_configs"
@@ -80,9 +82,12 @@ def create_clip(
                 force_quick_gelu=tag_quick_gelu if quick_gelu is None else quick_gelu,
                 weights_only=True,
             )
+        except pickle.UnpicklingError as err:  # weights_only refused a class or function named by the file
+            raise OrthoRegError(unsafe_pickle_message(source, "model.pretrained file", err)) from None
         except RuntimeError as err:
             if source is not None and Path(source).is_file():
-                raise OrthoRegError(f"could not load weights file {source} into {arch}: {err}") from err
+                first = (str(err).strip().splitlines() or [""])[0]
+                raise OrthoRegError(f"could not load weights file {source} into {arch}: {first}") from None
             raise
     return model.float()
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.utils.io import atomic_path, sha256_text
+from orthoreg_pl.utils.tensors import check_finite
 
 
 @torch.no_grad()
@@ -71,6 +72,7 @@ def read_head(path: Path, num_classes: int) -> Tensor:
             f"zero-shot head cache file {path} holds a {tuple(weight.shape)} tensor, expected {num_classes} classes; "
             "delete it and it will be rebuilt"
         )
+    check_finite({"weight": weight}, path)
     return weight
 
 

@@ -3,7 +3,6 @@
 from orthoreg_pl.task_vectors.compat import check_compatible, mode_family
 from orthoreg_pl.task_vectors.io import (
     TASK_VECTOR_FILE,
-    check_finite,
     find_runs,
     load_checkpoint_vector,
     load_run,
@@ -23,7 +22,6 @@ __all__ = [
     "TaskVector",
     "TaskVectorInfo",
     "check_compatible",
-    "check_finite",
     "combine_info",
     "cosine_matrix",
     "find_runs",

@@ -21,6 +21,8 @@ from orthoreg_pl.run_identity import differing, same_value
 from orthoreg_pl.task_vectors.compat import mode_family
 from orthoreg_pl.task_vectors.vector import TaskVector, TaskVectorInfo, describe_keys
 from orthoreg_pl.utils.io import atomic_path, sha256_file
+from orthoreg_pl.utils.safe_load import torch_load
+from orthoreg_pl.utils.tensors import check_finite
 
 TASK_VECTOR_FILE = "task_vector.safetensors"
 
@@ -122,16 +124,6 @@ def _verified_checksum(path: Path, meta: dict, meta_path: Path) -> str:
     return checksum
 
 
-def check_finite(tensors: Mapping[str, Tensor], source: str | Path) -> None:
-    """Refuse NaN or ±inf in a task vector or head: a merge would spread it to every prediction."""
-    for key, value in tensors.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            bad = int((~torch.isfinite(value)).sum())
-            raise OrthoRegError(
-                f"{source}: tensor {key} holds {bad} non-finite value(s) (NaN or inf); expected finite numbers"
-            )
-
-
 def _read_with_header(path: Path) -> tuple[dict[str, Tensor], dict]:
     """Tensors and the ``orthoreg`` metadata of a safetensors file, errors naming the file."""
     if not path.is_file():
@@ -152,12 +144,7 @@ def _read_with_header(path: Path) -> tuple[dict[str, Tensor], dict]:
 def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict]:
     """(state dict without the ``model.`` prefix, hyper-parameters) of a Lightning checkpoint or a
     plain state dict, read with ``weights_only=True`` (never executes code from the file)."""
-    if not path.is_file():
-        raise OrthoRegError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types (pickle, zip, EOF, runtime) for bad files
-        raise OrthoRegError(f"cannot read checkpoint {path} with weights_only=True ({err})") from err
+    ckpt = torch_load(path, "checkpoint")
     if not isinstance(ckpt, dict):
         raise OrthoRegError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict")
     state = ckpt.get("state_dict", ckpt)
@@ -263,6 +250,11 @@ def find_runs(
         meta = _read_run_meta(meta_path.parent)
         if run_status(meta) != FINISHED:
             continue
+        missing = [f for f in _INFO_FIELDS if not isinstance(meta.get(f), str)]
+        if missing:  # skipping it would report "no finished run for task X", hiding the broken file
+            raise OrthoRegError(
+                f"run metadata {meta_path} lacks field(s) {', '.join(missing)}: repair or remove that run folder"
+            )
         if arch is not None and meta.get("arch") != arch:
             continue
         if mode is not None and meta.get("mode") != mode:

@@ -6,5 +6,10 @@ from orthoreg_pl.evaluation.protocols.negation import run_negation
 from orthoreg_pl.evaluation.protocols.single_task import run_single_task
 
 PROTOCOLS = {"addition": run_addition, "negation": run_negation, "single_task": run_single_task}
+OBJECTIVES = {  # the values each protocol offers a sweeper (protocol.objective.metric)
+    "addition": ("val_norm",),
+    "negation": ("target_val",),
+    "single_task": ("finetuned_val",),
+}
 
-__all__ = ["PROTOCOLS", "run_addition", "run_negation", "run_single_task"]
+__all__ = ["OBJECTIVES", "PROTOCOLS", "run_addition", "run_negation", "run_single_task"]

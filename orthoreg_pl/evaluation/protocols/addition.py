@@ -7,7 +7,8 @@ from omegaconf import DictConfig
 
 from orthoreg_pl.evaluation.alphas import normalized_mean_curve, select_addition_alpha
 from orthoreg_pl.evaluation.evaluator import MergeEvaluator
-from orthoreg_pl.evaluation.protocols.common import mean_row, references
+from orthoreg_pl.evaluation.protocols.common import mean_row
+from orthoreg_pl.evaluation.references import task_references
 from orthoreg_pl.task_vectors import TaskVector
 
 
@@ -15,7 +16,7 @@ def run_addition(
     cfg: DictConfig, evaluator: MergeEvaluator, vectors: dict[str, TaskVector], alphas: list[float]
 ) -> dict:
     merged = instantiate(cfg.merge_method)(list(vectors.values()))
-    refs = references(vectors)
+    refs = task_references(evaluator, vectors)  # at this merge's precision: the Norm.Acc denominators
     val = {task: evaluator.accuracy(task, "val", merged, alphas) for task in vectors}
     normalized = normalized_mean_curve(val, {t: refs[t]["finetuned"]["val"] for t in vectors})
     best = select_addition_alpha(alphas, normalized)
@@ -24,7 +25,7 @@ def run_addition(
     for task in vectors:
         test = evaluator.accuracy(task, "test", merged, [alpha])[0]
         finetuned = refs[task]["finetuned"]["test"]
-        zeroshot = (refs[task]["zeroshot"] or {}).get("test")
+        zeroshot = refs[task]["zeroshot"]["test"]
         per_task[task] = {"zeroshot": zeroshot, "finetuned": finetuned, "abs": test, "norm": test / finetuned}
     columns = ["zeroshot", "finetuned", "abs", "norm"]
     return {

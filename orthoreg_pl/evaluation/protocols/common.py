@@ -1,21 +1,10 @@
-"""What the protocols share: the runs' own reference accuracies, the inputs a report names, mean rows."""
+"""What the protocols share: the inputs a report names, mean rows."""
 
 from __future__ import annotations
 
 import statistics
 
-from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.task_vectors import TaskVector
-
-
-def references(vectors: dict[str, TaskVector]) -> dict[str, dict]:
-    refs = {}
-    for task, vector in vectors.items():
-        accuracy = vector.info.meta.get("accuracy", {})
-        if not accuracy.get("finetuned"):
-            raise OrthoRegError(f"run {vector.info.source} has no fine-tuned accuracy in its meta.json")
-        refs[task] = {"zeroshot": accuracy.get("zeroshot"), "finetuned": accuracy["finetuned"]}
-    return refs
 
 
 def inputs(vectors: dict[str, TaskVector]) -> dict[str, dict]:

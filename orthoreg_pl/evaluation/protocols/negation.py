@@ -8,8 +8,9 @@ from omegaconf import DictConfig
 
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.evaluation.alphas import select_negation_alpha
-from orthoreg_pl.evaluation.evaluator import MergeEvaluator, zeroshot_reference
-from orthoreg_pl.evaluation.protocols.common import mean_row, references
+from orthoreg_pl.evaluation.evaluator import MergeEvaluator
+from orthoreg_pl.evaluation.protocols.common import mean_row
+from orthoreg_pl.evaluation.references import task_references, zeroshot_reference
 from orthoreg_pl.task_vectors import TaskVector
 
 
@@ -17,12 +18,12 @@ def run_negation(
     cfg: DictConfig, evaluator: MergeEvaluator, vectors: dict[str, TaskVector], alphas: list[float]
 ) -> dict:
     control = cfg.protocol.control
-    control_zeroshot = zeroshot_reference(cfg, evaluator, control)
+    control_zeroshot = zeroshot_reference(evaluator, control)
     if control_zeroshot["val"] <= 0:
         raise OrthoRegError(
             f"control task {control!r} has zero zero-shot validation accuracy: no reference to keep"
         )
-    refs = references(vectors)
+    refs = task_references(evaluator, vectors)
     negative = [-a for a in alphas]
     per_task, curves, target_val_at = {}, {}, {}
     for task, vector in vectors.items():
@@ -36,7 +37,7 @@ def run_negation(
         target_val_at[task] = target_val[best]
         per_task[task] = {
             "alpha": alpha,
-            "zeroshot": (refs[task]["zeroshot"] or {}).get("test"),
+            "zeroshot": refs[task]["zeroshot"]["test"],
             "target": evaluator.accuracy(task, "test", vector, [-alpha])[0],
             "control": evaluator.accuracy(control, "test", vector, [-alpha])[0],
         }

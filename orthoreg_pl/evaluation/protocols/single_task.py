@@ -6,8 +6,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from orthoreg_pl.evaluation.evaluator import MergeEvaluator, zeroshot_reference
+from orthoreg_pl.evaluation.evaluator import MergeEvaluator
 from orthoreg_pl.evaluation.protocols.common import inputs, mean_row
+from orthoreg_pl.evaluation.references import task_references
 from orthoreg_pl.task_vectors import TaskVector
 from orthoreg_pl.utils.io import write_json
 
@@ -18,9 +19,9 @@ def run_single_task(
     """Zero-shot (θ0) and fine-tuned (θ0 + τ) top-1 on XVal and X-test of every task, evaluated from the
     task vectors; stored as JSON next to the runs. The runs' own numbers are kept beside for comparison."""
     per_task = {}
+    refs = task_references(evaluator, vectors)
     for task, vector in vectors.items():
-        zeroshot = zeroshot_reference(cfg, evaluator, task)
-        finetuned = {s: evaluator.accuracy(task, s, vector, [1.0])[0] for s in ("val", "test")}
+        zeroshot, finetuned = refs[task]["zeroshot"], refs[task]["finetuned"]
         recorded = vector.info.meta.get("accuracy", {}).get("finetuned") or {}
         per_task[task] = {
             "zeroshot_val": zeroshot["val"],
@@ -30,7 +31,14 @@ def run_single_task(
             "run_finetuned_test": recorded.get("test"),
         }
     columns = ["zeroshot_val", "zeroshot_test", "finetuned_val", "finetuned_test", "run_finetuned_test"]
-    body = {"alphas": [1.0], "val_curves": {}, "chosen_alpha": None, "columns": columns, "per_task": per_task}
+    body = {
+        "alphas": [1.0],
+        "val_curves": {},
+        "chosen_alpha": None,
+        "columns": columns,
+        "per_task": per_task,
+        "references": refs,
+    }
     body["mean"] = mean_row(per_task, columns)
     body["val_at_alpha"] = {"finetuned_val": body["mean"]["finetuned_val"]}
     if evaluator.trainer.is_global_zero:

@@ -1,0 +1,131 @@
+"""What ``python train.py ...`` and ``python merge.py ...`` do before Hydra runs the job: compose the
+config from the command line and validate it, so that a typo ends in one line and exit status 2
+before any folder is made, data read or model built.
+
+Hydra's own composition errors (an unknown group option, a malformed override) keep their message,
+on one line, and the script's usage line follows. A multirun is checked job by job (the basic
+sweeper's grid); values a sweeper proposes later are checked by each job itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from orthoreg_pl.cli import check_experiment_kind
+from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.validation import CONFIG_DIR, VALIDATORS
+
+USAGE = {
+    "train": "usage: python train.py dataset=<task> [mode=<mode>] [ortho.lam=<λ>] [experiment=<name>] "
+    "[-m for a sweep]; python train.py --help lists the options",
+    "merge": "usage: python merge.py experiment=<addition|negation>_<vitb32|vitb16|vitl14> [mode=<mode>] "
+    "[ortho.lam=<λ>] [-m for a sweep]; python merge.py --help lists the options",
+}
+MULTIRUN_FLAGS = ("-m", "--multirun")
+MAX_CHECKED_JOBS = 512  # a larger basic-sweeper grid is checked on its first jobs; each job checks itself
+
+
+def one_line(message: str) -> str:
+    """Hydra's multi-line messages (e.g. a list of available options, one per line) on one line."""
+    out, listing = "", False
+    message = str(message).split("Config search path:")[0]  # where Hydra looked: noise to a user
+    for line in (raw.strip() for raw in message.splitlines()):
+        if not line:
+            continue
+        option = " " not in line  # a bare name, as Hydra lists the options of a group
+        if not out:
+            out = line
+        elif option and (listing or out.endswith(":")):
+            out += (" " if out.endswith(":") else ", ") + line
+        else:
+            out += (" " if out.endswith(".") else "; ") + line
+        listing = option and (listing or out.endswith(line))
+    return out
+
+
+def fail(kind: str, message: str) -> None:
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    print(USAGE[kind], file=sys.stderr)
+    sys.exit(2)
+
+
+def job_overrides(argv: list[str]) -> list[list[str]] | None:
+    """The overrides of each job the command line stands for (one unless ``-m``); None when a flag
+    asks Hydra for something else (``--help``, ``--cfg``, another config dir or name)."""
+    multirun = any(a in MULTIRUN_FLAGS for a in argv)
+    overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
+    if any(a.startswith("-") for a in overrides):
+        return None
+    if not multirun:
+        return [overrides]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    try:
+        (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    except HydraException:  # a sweep the basic sweeper cannot expand (interval, ...): its sweeper's job
+        return [[o.input_line for o in parsed if not o.is_sweep_override()]]
+    return jobs[:MAX_CHECKED_JOBS]
+
+
+def compose_job(kind: str, overrides: list[str]) -> DictConfig:
+    """The config one job will get (with the ``hydra`` node, so its run folder can be resolved)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=kind):
+        return compose(config_name=kind, overrides=overrides, return_hydra_config=True)
+
+
+def check_job(kind: str, overrides: list[str]) -> None:
+    """Compose and validate one job; OrthoRegError (or Hydra's error) when it would not run."""
+    cfg = compose_job(kind, overrides)
+    VALIDATORS[kind](cfg)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        OmegaConf.select(cfg, "hydra.run.dir", throw_on_missing=True)  # the run folder's name resolves
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def precheck(kind: str, argv: list[str] | None = None) -> None:
+    """Exit 2 with one line and the usage when the command line would give a bad job."""
+    argv = sys.argv[1:] if argv is None else argv
+    check_experiment_kind(kind, argv)
+    if os.environ.get("ORTHOREG_SKIP_PRECHECK") == "1":
+        return
+    try:
+        jobs = job_overrides(argv)
+        for overrides in jobs or []:
+            try:
+                check_job(kind, overrides)
+            except OrthoRegError as err:
+                if len(jobs) > 1:
+                    raise OrthoRegError(f"{err} (in the job {' '.join(overrides)})") from None
+                raise
+    except (
+        OrthoRegError,
+        HydraException,
+        OmegaConfBaseException,
+        ValueError,
+    ) as err:  # ValueError: Hydra on e.g. group=null
+        fail(kind, str(err))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def start(kind: str, hydra_main: Callable[[], object]) -> None:
+    """``if __name__ == "__main__"`` of train.py and merge.py: check, then let Hydra run."""
+    precheck(kind)
+    hydra_main()
+
+
+__all__ = ["USAGE", "one_line", "precheck", "start"]
