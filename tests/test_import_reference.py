@@ -34,7 +34,7 @@ from orthoreg_pl.task_vectors import TaskVector, TaskVectorInfo, check_compatibl
 from orthoreg_pl.task_vectors.import_reference import import_mode_folder, main
 from orthoreg_pl.task_vectors.reference_formats import arch_layout
 from orthoreg_pl.task_vectors.reference_names import parse_mode_folder, parse_seed_folder, parse_task_folder
-from orthoreg_pl.task_vectors.safe_unpickle import safe_load
+from orthoreg_pl.task_vectors.safe_unpickle import PickledObject, module_state_dict, safe_load
 from orthoreg_pl.utils.io import sha256_file
 
 SEED = 1993
@@ -267,6 +267,32 @@ def test_report_shows_imported_and_native_runs_side_by_side(standard_import, tmp
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if "Cars" in line]
     assert len(rows) == 2 and "native" in rows[0] and "reference" in rows[1] and "12" in rows[0]
+
+
+def test_restricted_unpickler_rebuilds_the_state_dict_of_a_pickled_module(tmp_path):
+    with throwaway_modeling(tmp_path) as modeling:
+        encoder = modeling.ImageEncoder(create_clip(TINY, None, init_seed=0))
+        torch.save(encoder, tmp_path / "zeroshot.pt")
+        qualname = f"{modeling.__name__}.ImageEncoder"
+    record = safe_load(tmp_path / "zeroshot.pt")
+    assert isinstance(record, PickledObject) and record.qualname == qualname
+    tensors, parameters = module_state_dict(record)
+    expected = encoder.state_dict()
+    assert list(tensors) == list(expected) and all(torch.equal(tensors[k], expected[k]) for k in expected)
+    assert parameters == {n for n, _ in encoder.named_parameters()}
+    resize = record.attributes()["val_preprocess"].attributes()["transforms"][0]
+    assert resize.name == "Resize" and resize.attributes()["interpolation"].args == ("bicubic",)  # recorded
+
+
+def test_unreadable_files_are_reported(tmp_path):
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(OrthoRegError, match="not a torch.save zip file"):
+        safe_load(tmp_path / "text.pt")
+    torch.save({"a": torch.ones(1000)}, tmp_path / "whole.pt")
+    data = (tmp_path / "whole.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2] + data[-200:])
+    with pytest.raises(OrthoRegError, match="cut.pt"):
+        safe_load(tmp_path / "cut.pt")
 
 
 # ---- pickles that would run code ---------------------------------------------------------------------

@@ -239,7 +239,10 @@ def lora_vector(
     entries = {**tensors, **extra}
     stored = next((_number(entries[k]) for k in ("lora_alpha", "alpha") if k in entries), None)
     if stored is not None and alpha is not None and stored != alpha:
-        raise OrthoRegError(f"{finetuned} records LoRA alpha {stored:g}, but alpha {alpha:g} was given")
+        raise OrthoRegError(
+            f"{finetuned} records LoRA alpha {stored:g}, but the import uses alpha {alpha:g} "
+            f"(--lora-alpha, default {DEFAULT_LORA_ALPHA:g}); pass --lora-alpha {stored:g}"
+        )
     alpha = stored if stored is not None else alpha if alpha is not None else DEFAULT_LORA_ALPHA
     visual = image_tower(tensors, finetuned)
     factors: dict[str, dict[str, Tensor]] = {}

@@ -254,6 +254,15 @@ def safe_load(path: str | Path) -> Any:
         raise OrthoRegError(
             f"{path} is not a torch.save zip file (torch >= 1.6); the legacy format is not supported"
         )
+    try:
+        return _load_archive(path)
+    except OrthoRegError:
+        raise
+    except Exception as err:  # a malformed file raises many types (zip, pickle, EOF); none is a bug of ours
+        raise OrthoRegError(f"cannot read {path} as a checkpoint ({type(err).__name__}: {err})") from None
+
+
+def _load_archive(path: Path) -> Any:
     with zipfile.ZipFile(path) as archive:
         entry = _pickle_entry(archive.namelist(), path)
         root = entry[: -len("data.pkl")]
@@ -282,13 +291,7 @@ def safe_load(path: str | Path) -> Any:
                 loaded[key] = data
             return _Storage(loaded[key], dtype)
 
-        unpickler = SafeUnpickler(io.BytesIO(archive.read(entry)), str(path), storage)
-        try:
-            return unpickler.load()
-        except OrthoRegError:
-            raise
-        except Exception as err:  # a malformed pickle raises many types; none is a bug of ours to show
-            raise OrthoRegError(f"cannot read {path} as a checkpoint ({type(err).__name__}: {err})") from None
+        return SafeUnpickler(io.BytesIO(archive.read(entry)), str(path), storage).load()
 
 
 def module_state_dict(record: PickledObject, prefix: str = "") -> tuple[dict[str, Tensor], set[str]]:
