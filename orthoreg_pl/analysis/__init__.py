@@ -1,0 +1,33 @@
+"""The paper's figures for your own runs, as pure functions and thin writers.
+
+layers (which layer type a weight belongs to) · geometry (task-vector cosines, column angles and their
+deviation from 90°, per-matrix penalty terms) · xi (the weight-disentanglement error ξ(α1, α2) counted
+from predictions) · figures (PNG + CSV + JSON per figure) · curves (α curves of existing merge reports)
+· markdown (the analysis report.md). The evaluation that feeds ξ lives in
+``orthoreg_pl.evaluation.disentanglement``; the merge protocol in ``evaluation/protocols/analysis.py``;
+the training-time monitor in ``callbacks/orthogonality_monitor.py``.
+"""
+
+from orthoreg_pl.analysis.geometry import (
+    column_angles,
+    cosine_tables,
+    deviation_from_orthogonal,
+    penalty_terms,
+    summarize,
+)
+from orthoreg_pl.analysis.layers import LAYER_TYPES, group_by_type, layer_type
+from orthoreg_pl.analysis.xi import disagreements, evaluation_points, xi_from_counts
+
+__all__ = [
+    "LAYER_TYPES",
+    "column_angles",
+    "cosine_tables",
+    "deviation_from_orthogonal",
+    "disagreements",
+    "evaluation_points",
+    "group_by_type",
+    "layer_type",
+    "penalty_terms",
+    "summarize",
+    "xi_from_counts",
+]
