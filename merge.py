@@ -13,7 +13,7 @@ from orthoreg_pl.precheck import start
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="merge")
 def main(cfg: DictConfig) -> float:
-    report = run_or_exit(run_merge, cfg, root=cfg.paths.reports_dir)
+    report = run_or_exit(run_merge, cfg, root=cfg.paths.root_dir)  # a failure leaves no empty folder
     value = None if report is None else result_field(report, "objective/value")
     return objective(value, cfg.protocol.objective.direction)  # e.g. negation: minimize
 

@@ -14,7 +14,7 @@ from orthoreg_pl.training import train
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
-    meta = run_or_exit(train, cfg, root=cfg.paths.runs_dir)
+    meta = run_or_exit(train, cfg, root=cfg.paths.root_dir)  # a failure leaves no empty folder
     value = None if meta is None else result_field(meta, cfg.objective.metric)
     return objective(value, cfg.objective.direction)  # what a sweeper optimises, in the stated direction
 

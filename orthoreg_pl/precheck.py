@@ -16,6 +16,7 @@ from collections.abc import Callable
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -65,12 +66,17 @@ def job_overrides(argv: list[str]) -> list[list[str]] | None:
     overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
     if any(a.startswith("-") for a in overrides):
         return None
+    parser = OverridesParser.create()
+    for override in overrides:  # Hydra's parse error does not say which override it is
+        try:
+            parser.parse_override(override)
+        except HydraException as err:  # OverrideParseException, or HydraException for some syntax
+            raise OrthoRegError(f"the override {override} does not parse ({one_line(str(err))})") from None
     if not multirun:
         return [overrides]
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    parsed = parser.parse_overrides(overrides=overrides)
     try:
         (jobs,) = BasicSweeper.split_arguments(parsed, None)
     except HydraException:  # a sweep the basic sweeper cannot expand (interval, ...): its sweeper's job

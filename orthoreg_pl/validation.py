@@ -105,26 +105,12 @@ def _limit(v: Any) -> bool:
 
 
 def _precisions() -> tuple[str, ...]:
-    """The precision names Lightning's Trainer accepts (its own list, where it exposes one)."""
-    try:
-        from typing import get_args
+    """The precision names Lightning's Trainer accepts, from its own list."""
+    from typing import get_args
 
-        from lightning.fabric.connector import _PRECISION_INPUT_STR
+    from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 
-        return tuple(str(p) for p in get_args(_PRECISION_INPUT_STR))
-    except ImportError:  # pragma: no cover - older Lightning
-        return (
-            "64",
-            "32",
-            "16",
-            "bf16",
-            "64-true",
-            "32-true",
-            "16-true",
-            "bf16-true",
-            "16-mixed",
-            "bf16-mixed",
-        )
+    return (*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS))  # 32 is taken as "32"
 
 
 def _trainer_rules() -> list[Rule]:
@@ -234,7 +220,8 @@ def _merge_rules() -> list[Rule]:
     return [
         Rule("tasks", tasks, f"a non-empty list of distinct tasks among {', '.join(names)}", True),
         Rule("protocol.name", choice(tuple(PROTOCOLS)), f"one of {', '.join(PROTOCOLS)}", True),
-        Rule("protocol.alphas", sequence(number(), min_length=1), "a non-empty list of numbers, e.g. [0, 0.5, 1]"),
+        Rule("protocol.alphas", lambda v: sequence(number(), min_length=1)(v) and len(set(v)) == len(v),
+             "a non-empty list of distinct numbers, e.g. [0, 0.5, 1]"),
         Rule("protocol.threshold", number(0.0, 1.0, low_open=True), "a fraction in (0, 1]"),
         Rule("protocol.control", task, f"a task among {', '.join(names)}"),
         Rule("protocol.objective.direction", choice(("maximize", "minimize")), "maximize or minimize"),

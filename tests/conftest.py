@@ -70,6 +70,29 @@ def compose_cfg():
     return compose_config
 
 
+MERGE_TASKS = ["Digits", "Shapes"]
+MERGE_RUN_OVERRIDES = [  # train.py's overrides of each merge_runs run (its identity), besides the dataset
+    "experiment=quickstart",
+    "mode=standard_ortho",
+    "logger=none",
+    "trainer.max_steps=3",
+    "trainer.limit_val_batches=1",
+]
+
+
+@pytest.fixture(scope="session")
+def merge_runs(tmp_path_factory, cache_dir) -> Path:
+    """<tmp>/runs/<Task>: Digits and Shapes fine-tuned for 3 steps with standard_ortho (λ 0.1), for
+    the merge tests. Tests that change a run copy it first."""
+    from orthoreg_pl.training import train
+
+    tmp = tmp_path_factory.mktemp("merge_runs")
+    for task in MERGE_TASKS:
+        overrides = [*MERGE_RUN_OVERRIDES, f"dataset={task.lower()}"]
+        train(compose_config([*overrides, *path_overrides(tmp, cache_dir, output_dir=tmp / "runs" / task)]))
+    return tmp
+
+
 def make_classifier(init_seed: int = 0, num_classes: int = 5, head_seed: int = 123):
     """A tiny ImageClassifier with a fixed random head (no text tower, no cache needed)."""
     from orthoreg_pl.models import ImageClassifier, create_clip

@@ -59,11 +59,11 @@ def env(cache: Path, tmp: Path) -> dict[str, str]:
     }
 
 
-def start(args: list[str], cache: Path, tmp: Path) -> subprocess.Popen:
+def start(args: list[str], cache: Path, tmp: Path, **extra_env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "train.py", *args],
         cwd=PROJECT_ROOT,
-        env=env(cache, tmp),
+        env={**env(cache, tmp), **extra_env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -220,7 +220,7 @@ def test_lambda_must_be_a_finite_number(lam, tmp_path, cache_dir):
             *path_overrides(tmp_path, cache_dir, tmp_path / "run"),
         ]
     )
-    with pytest.raises(OrthoRegError, match=rf"ortho\.lam='?{lam}'? is not (finite|a number)"):
+    with pytest.raises(OrthoRegError, match=rf"ortho\.lam='?{lam}'?; expected a finite λ >= 0"):
         train(cfg)
     assert not (tmp_path / "run").exists()
 
@@ -243,8 +243,8 @@ def test_multirun_skips_finished_and_resumes_only_unfinished(tmp_path, cache_dir
         f"paths.runs_dir={tmp_path}/runs",
     ]
 
-    def run(extra=()):
-        proc = start([*args, *extra], cache_dir, tmp_path)
+    def run(extra=(), **extra_env):
+        proc = start([*args, *extra], cache_dir, tmp_path, **extra_env)
         return proc.wait(timeout=300), proc.stdout.read()
 
     rc, output = run()
@@ -263,7 +263,11 @@ def test_multirun_skips_finished_and_resumes_only_unfinished(tmp_path, cache_dir
     meta = json.loads(metas[0].read_text())
     meta["status"] = "running"
     metas[0].write_text(json.dumps(meta))
-    rc, output = run(["optim.lr=0.001,0.002,-1"])
+    rc, output = run(["optim.lr=0.001,0.002,-1"])  # checked before Hydra: no job starts
+    assert rc == 2 and "error: optim.lr=-1; expected a number > 0 (in the job" in output, output
+    assert "resuming" not in output and json.loads(metas[0].read_text())["status"] == "running"
+    # a value no check saw beforehand (as a sweeper proposes it) fails its job only, not the sweep
+    rc, output = run(["optim.lr=0.001,0.002,-1"], ORTHOREG_SKIP_PRECHECK="1")
     assert rc == 1 and "3 jobs: 1 finished, 1 skipped, 1 failed" in output, output
     assert output.count("resuming") >= 1 and str(metas[0].parent) in output
     assert "failed: " in output and "optim.lr=-1" in output

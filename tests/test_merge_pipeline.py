@@ -13,31 +13,16 @@ from omegaconf import open_dict
 
 from orthoreg_pl import OrthoRegError
 from orthoreg_pl.evaluation.pipeline import run_merge
-from orthoreg_pl.training import train
 from orthoreg_pl.utils.io import sha256_file
 
 TASKS = ["Digits", "Shapes"]
 ALPHAS = "protocol.alphas=[0.0,0.5,1.0]"
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, cache_dir):
-    """Two tasks fine-tuned for a few steps with standard_ortho, in one runs folder."""
-    tmp = tmp_path_factory.mktemp("merge_runs")
-    for task in TASKS:
-        cfg = compose_config(
-            [
-                "experiment=quickstart",
-                f"dataset={task.lower()}",
-                "mode=standard_ortho",
-                "logger=none",
-                "trainer.max_steps=3",
-                "trainer.limit_val_batches=1",
-                *path_overrides(tmp, cache_dir, output_dir=tmp / "runs" / task),
-            ]
-        )
-        train(cfg)
-    return tmp
+@pytest.fixture
+def runs(merge_runs):
+    """Digits and Shapes fine-tuned for a few steps with standard_ortho (conftest.merge_runs)."""
+    return merge_runs
 
 
 def merge_cfg(runs_dir, cache_dir, out, *extra):
@@ -74,8 +59,14 @@ def test_addition_report(runs, cache_dir, tmp_path):
         row = saved["per_task"][task]
         assert row["norm"] == pytest.approx(row["abs"] / row["finetuned"])
         meta = json.loads((run / "meta.json").read_text())
-        assert row["finetuned"] == meta["accuracy"]["finetuned"]["test"]
-        assert saved["val_curves"][task][0] == pytest.approx(meta["accuracy"]["zeroshot"]["val"])  # α=0 is θ0
+        refs = saved["references"][task]  # measured by the merge itself, at its own precision
+        assert row["finetuned"] == refs["finetuned"]["test"] and row["zeroshot"] == refs["zeroshot"]["test"]
+        assert saved["val_curves"][task][0] == refs["zeroshot"]["val"]  # α=0 is θ0, exactly
+        # same precision as the run: the run's own figures agree (meta holds float32 accuracies)
+        assert refs["finetuned"]["test"] == pytest.approx(meta["accuracy"]["finetuned"]["test"], abs=1e-6)
+        assert refs["zeroshot"]["val"] == pytest.approx(meta["accuracy"]["zeroshot"]["val"], abs=1e-6)
+    check = saved["reference_check"]
+    assert check["compared"] == 8 and check["beyond_tolerance"] == [] and check["max_abs_difference"] < 1e-6
     best = max(saved["val_curves"]["normalized mean"])
     assert saved["chosen_alpha"] == saved["alphas"][saved["val_curves"]["normalized mean"].index(best)]
     assert saved["config"]["protocol"]["name"] == "addition" and report["mean"] == saved["mean"]
@@ -130,14 +121,14 @@ def test_cli_truncated_task_vector(runs, cache_dir, tmp_path):
 
 
 def test_single_task_reproduces_the_runs(runs, cache_dir, tmp_path):
-    """θ0 + τ evaluated from the stored task vector scores what the run itself measured; the zero-shot
-    references land next to the runs and are reused."""
+    """θ0 + τ evaluated from the stored task vector scores what the run itself measured; the references
+    land in the cache (one file each) and are reused by the next merge."""
     out = tmp_path / "report"
     report = run_merge(
         merge_cfg(runs, cache_dir, out, "experiment=quickstart_addition", "protocol=single_task")
     )
-    zeroshot_file = runs / "runs" / "orthoreg-tiny-vit" / "zeroshot.json"
-    assert zeroshot_file.is_file()
+    cached = cache_dir / "references"
+    assert len(list(cached.glob("Digits-*.json"))) >= 4  # zero-shot and fine-tuned, val and test
     for task in TASKS:
         meta = json.loads((runs / "runs" / task / "meta.json").read_text())
         row = report["per_task"][task]
@@ -154,15 +145,16 @@ def test_single_task_reproduces_the_runs(runs, cache_dir, tmp_path):
         (runs / "runs" / "orthoreg-tiny-vit" / "standard_ortho_lam0.1" / "single_task_seed0.json").read_text()
     )
     assert stored["per_task"] == report["per_task"]
-    before = zeroshot_file.read_bytes()
-    run_merge(
+    before = {p.name: p.stat().st_mtime_ns for p in cached.glob("*.json")}
+    again = run_merge(
         merge_cfg(
             runs, cache_dir, tmp_path / "again", "experiment=quickstart_negation", "protocol.alphas=[0.0,1.0]"
         )
     )
-    table = json.loads(zeroshot_file.read_text())
-    assert all(k in table for k in json.loads(before))  # earlier references kept and reused
-    assert any("|Quadrants|" in k for k in table)  # the control's reference added
+    after = {p.name: p.stat().st_mtime_ns for p in cached.glob("*.json")}
+    assert all(after[name] == mtime for name, mtime in before.items())  # reused, not rewritten
+    assert any(name.startswith("Quadrants-") for name in after)  # the control's, cached too
+    assert again["references"] == report["references"]
 
 
 def test_objective_and_direction(runs, cache_dir, tmp_path):

@@ -14,7 +14,7 @@ from orthoreg_pl.cli import check_experiment_kind, objective, result_field, run_
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="campaign")
 def main(cfg: DictConfig) -> float:
-    summary = run_or_exit(run_campaign, cfg, root=cfg.paths.campaigns_dir)
+    summary = run_or_exit(run_campaign, cfg, root=cfg.paths.root_dir)
     value = None if summary is None else result_field(summary, "objective/value")
     return objective(value, cfg.objective.direction)
 

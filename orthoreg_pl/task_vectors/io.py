@@ -247,6 +247,8 @@ def find_runs(
     found: dict[str, list[Path]] = {}
     recorded: dict[Path, dict] = {}
     for meta_path in sorted(runs_dir.rglob(META_FILE)):
+        if any(part.startswith(".") for part in meta_path.relative_to(runs_dir).parts):
+            continue  # hidden: a folder being staged (import_reference) or moved, not a run yet
         meta = _read_run_meta(meta_path.parent)
         if run_status(meta) != FINISHED:
             continue
