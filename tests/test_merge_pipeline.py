@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -205,3 +206,23 @@ def test_merge_logs_one_offline_wandb_run(runs, cache_dir, tmp_path, monkeypatch
     assert run.summary["addition/objective"] == pytest.approx(report["objective"]["value"])
     assert f"report-{report['identity']['hash']}" in run.artifacts
     assert any("alpha_curves" in a for a in run.artifacts)
+
+
+def test_references_at_the_merges_precision(runs, cache_dir, tmp_path):
+    """A run whose meta.json figures came from another precision (bf16-mixed training, here simulated by
+    shifting them): the merge uses what it measures itself, so α = 0 equals the zero-shot reference
+    exactly, and report.json lists the run's figures that differ beyond the tolerance."""
+    copy = tmp_path / "runs_copy"
+    shutil.copytree(runs / "runs", copy / "runs")
+    meta_path = copy / "runs" / "Shapes" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["precision"] = "bf16-mixed"
+    meta["accuracy"]["zeroshot"]["val"] += 0.0063  # 18.75 vs 18.12 in the issue's bf16 reproduction
+    meta_path.write_text(json.dumps(meta))
+    report = run_merge(merge_cfg(copy, cache_dir, tmp_path / "report", "experiment=quickstart_addition"))
+    for task in TASKS:
+        assert report["val_curves"][task][0] == report["references"][task]["zeroshot"]["val"]
+    (flagged,) = report["reference_check"]["beyond_tolerance"]
+    assert flagged["task"] == "Shapes" and flagged["reference"] == "zeroshot" and flagged["split"] == "val"
+    assert flagged["run_precision"] == "bf16-mixed"
+    assert flagged["difference"] == pytest.approx(-0.0063, abs=1e-6)
