@@ -4,31 +4,69 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor
 
+from orthoreg_pl.analysis.monitoring import PREFIX, orthogonality_statistics
 from orthoreg_pl.modules import FineTuneModule
-from orthoreg_pl.penalties import ortho_penalty
 
 
 class OrthogonalityMonitor(L.Callback):
-    """Every ``every_n_steps`` optimizer steps: the penalty of the current ΔW (unsquared, min-side
-    Gram, whatever the run's own options) as ``monitor/ortho_penalty``, and ``monitor/delta_norm`` = ‖θ − θ0‖."""
+    """Every ``every_n_steps`` optimizer steps, from the current ΔW (whatever the run's own penalty options):
 
-    def __init__(self, every_n_steps: int = 50) -> None:
+    * ``monitor/ortho_penalty``: the unsquared min-side penalty; ``monitor/delta_norm`` = ‖θ − θ0‖;
+    * per layer type (attn_in_proj, attn_out_proj, mlp_c_fc, mlp_c_proj, other):
+      ``monitor/<type>/penalty_share`` (its part of the penalty), ``/delta_norm`` (‖ΔW‖ of its
+      parameters), ``/angle_dev_mean`` and ``/angle_dev_std`` (|angle − 90°| between column pairs of
+      its ΔW, in degrees; about ``max_pairs`` pairs per matrix, the same columns at every step);
+    * with a WandbLogger attached and ``histograms``: ``monitor/<type>/angle_dev_hist``, a W&B histogram.
+
+    The penalty terms need one Gram product per matrix, as one penalty evaluation does; the angles
+    are sampled, so the whole costs a fraction of a training step (benchmarks/analysis.py)."""
+
+    def __init__(
+        self, every_n_steps: int = 50, max_pairs: int = 1024, histograms: bool = True, seed: int = 0
+    ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps}; expected >= 1")
+        if max_pairs < 1:
+            raise ValueError(f"max_pairs={max_pairs}; expected >= 1 (column pairs sampled per matrix)")
         self.every_n_steps = every_n_steps
+        self.max_pairs = max_pairs
+        self.histograms = histograms
+        self.seed = seed
+        self._last_step: int | None = None
 
     @torch.no_grad()
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
     ) -> None:
-        if not isinstance(pl_module, FineTuneModule) or trainer.global_step % self.every_n_steps != 0:
-            return
+        step = trainer.global_step
+        if (
+            not isinstance(pl_module, FineTuneModule)
+            or step % self.every_n_steps != 0
+            or step == self._last_step
+        ):
+            return  # under gradient accumulation every micro-batch of a step ends here: log once
+        self._last_step = step
         with pl_module.full_parameters():  # under FSDP: gathered on every process, as the penalty needs
-            deltas = [d.float() for d in pl_module.delta_tensors().values()]
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in deltas]))
-            matrices = [d.float() for d in pl_module.penalty_deltas()]
-            penalty = ortho_penalty(matrices, norm="fro", gram="min_side") if matrices else None
-        pl_module.log("monitor/delta_norm", norm)
-        if penalty is not None:
-            pl_module.log("monitor/ortho_penalty", penalty)
+            deltas = pl_module.delta_tensors()
+            matrices = dict(zip(pl_module.penalized_names, pl_module.penalty_deltas()))
+            metrics, deviations = orthogonality_statistics(deltas, matrices, self.max_pairs, self.seed)
+        pl_module.log_dict(metrics)
+        if self.histograms and deviations and trainer.is_global_zero:
+            self._log_histograms(trainer, deviations, step)
+
+    @staticmethod
+    def _log_histograms(trainer: L.Trainer, deviations: dict[str, Tensor], step: int) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers:
+            return
+        import wandb
+
+        row = {
+            f"{PREFIX}/{kind}/angle_dev_hist": wandb.Histogram(values.float().cpu().numpy())
+            for kind, values in deviations.items()
+        }
+        for logger in loggers:
+            logger.experiment.log({**row, "trainer/global_step": step})

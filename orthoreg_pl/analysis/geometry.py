@@ -83,7 +83,10 @@ def column_angles(matrix: Tensor, max_pairs: int = 4096, seed: int = 0, vectors:
         raise OrthoRegError(f"vectors={vectors!r}; expected one of {', '.join(VECTORS)}")
     if matrix.ndim != 2:
         raise OrthoRegError(f"column_angles expects a 2-D matrix, got shape {tuple(matrix.shape)}")
-    m = matrix.detach().float()
+    exact = (
+        torch.float32 if matrix.device.type == "mps" else torch.float64
+    )  # acos is ill-conditioned near 0°, 180°
+    m = matrix.detach().to(exact)
     if vectors == "min_side" and uses_row_gram(m.shape, "min_side"):
         m = m.T
     n = m.shape[1]
@@ -96,7 +99,7 @@ def column_angles(matrix: Tensor, max_pairs: int = 4096, seed: int = 0, vectors:
     cos = unit.T @ unit
     i, j = torch.triu_indices(cos.shape[0], cos.shape[0], offset=1, device=m.device)
     valid = (norms[i] > 0) & (norms[j] > 0)
-    return torch.rad2deg(torch.arccos(cos[i, j][valid].clamp(-1.0, 1.0)))
+    return torch.rad2deg(torch.arccos(cos[i, j][valid].clamp(-1.0, 1.0))).float()
 
 
 def deviation_from_orthogonal(angles: Tensor) -> Tensor:
