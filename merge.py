@@ -7,12 +7,13 @@ import hydra
 from omegaconf import DictConfig
 
 from orthoreg_pl.cli import objective, result_field, run_or_exit
-from orthoreg_pl.evaluation.pipeline import run_merge
 from orthoreg_pl.precheck import start
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="merge")
 def main(cfg: DictConfig) -> float:
+    from orthoreg_pl.evaluation.pipeline import run_merge  # heavy: imported once the command line is valid
+
     report = run_or_exit(run_merge, cfg, root=cfg.paths.root_dir)  # a failure leaves no empty folder
     value = None if report is None else result_field(report, "objective/value")
     return objective(value, cfg.protocol.objective.direction)  # e.g. negation: minimize

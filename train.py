@@ -9,11 +9,12 @@ from omegaconf import DictConfig
 
 from orthoreg_pl.cli import objective, result_field, run_or_exit
 from orthoreg_pl.precheck import start
-from orthoreg_pl.training import train
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
+    from orthoreg_pl.training import train  # heavy: imported once the command line is valid
+
     meta = run_or_exit(train, cfg, root=cfg.paths.root_dir)  # a failure leaves no empty folder
     value = None if meta is None else result_field(meta, cfg.objective.metric)
     return objective(value, cfg.objective.direction)  # what a sweeper optimises, in the stated direction
