@@ -244,6 +244,35 @@ def test_merge_selection_accepts_imported_runs(standard_import):
         find_runs(out, arch=TINY, mode="standard", tasks=["Cars"], seed=SEED, settings={"optim.lr": 3e-5})
 
 
+def test_merge_py_scores_imported_runs(standard_import, fake_data, cache_dir, tmp_path):
+    """The whole merge on the imported folder (fake Cars and DTD trees): the single-task protocol scores
+    θ0 + τ of the authors' vectors, and their recorded figures are kept as the cross-check."""
+    from omegaconf import open_dict
+
+    from orthoreg_pl.evaluation.pipeline import run_merge
+
+    data_root = next(iter(fake_data.values())).root
+    cfg = compose_config(
+        [
+            "experiment=quickstart_addition", "source=reference", "mode=standard", "tasks=[Cars,DTD]",
+            "protocol=single_task", f"paths.runs_dir={standard_import['out']}", f"paths.cache_dir={cache_dir}",
+            f"paths.data_root={data_root}", f"paths.output_dir={tmp_path / 'report'}",
+        ],
+        config_name="merge",
+    )  # fmt: skip
+    with open_dict(cfg):
+        cfg.merge_method_name = "task_arithmetic"
+    assert cfg.seed == SEED  # source=reference selects the authors' seed
+    report = run_merge(cfg)
+    assert set(report["per_task"]) == {"Cars", "DTD"}
+    assert report["per_task"]["Cars"]["finetuned_test"] == report["references"]["Cars"]["finetuned"]["test"]
+    assert {t: i["checksum"] for t, i in report["inputs"].items()} == {
+        o.task: sha256_file(o.run_dir / "task_vector.safetensors") for o in standard_import["outcomes"]
+    }
+    compared = {(d["task"], d["reference"]) for d in report["reference_check"]["beyond_tolerance"]}
+    assert ("Cars", "finetuned") in compared  # the JSON's 0.80 is not what this θ0 + τ scores here
+
+
 def test_reimport_skips_identical_folders_and_refuses_changed_files(standard_import):
     src, out = standard_import["src"], standard_import["out"]
     cars = standard_import["outcomes"][0].run_dir
