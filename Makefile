@@ -28,6 +28,7 @@ quickstart: setup
 	$(PY) merge.py -m experiment=quickstart_addition mode=standard,standard_ortho
 	$(PY) merge.py -m experiment=quickstart_negation mode=standard,standard_ortho
 	$(PY) -m orthoreg_pl.report runs/quickstart reports/quickstart
+	$(PY) merge.py experiment=quickstart_analysis   # figures: reports/quickstart/analysis/.../report.md
 
 # The quickstart-sized λ campaign: 4 tasks × (standard + standard_ortho at 3 λ), addition and negation,
 # summary in campaigns/quickstart/ (sweeps/README.md).

@@ -29,7 +29,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from orthoreg_pl.analysis.monitoring import orthogonality_statistics
 from orthoreg_pl.data import TaskDataModule, eval_dataloader
 from orthoreg_pl.evaluation.disentanglement import DisentanglementModule, xi_by_rebuilding, xi_grid
 from orthoreg_pl.evaluation.engine import MergeEvalModule
@@ -162,9 +161,11 @@ def old_monitor(module) -> None:
 
 
 def new_monitor(module, max_pairs: int) -> None:
-    matrices = dict(zip(module.penalized_names, module.penalty_deltas()))
-    metrics, _ = orthogonality_statistics(module.delta_tensors(), matrices, max_pairs)
-    [v.item() for v in metrics.values()]  # what logging reads
+    """What the monitor computes now (its own code), and the values logging reads."""
+    from callbacks.orthogonality_monitor import OrthogonalityMonitor
+
+    metrics, _ = OrthogonalityMonitor(max_pairs=max_pairs).measure(module)
+    [v.item() for v in metrics.values()]
 
 
 def vitb32_shares(batch: int, steps: int, max_pairs: int) -> dict:

@@ -50,12 +50,20 @@ class OrthogonalityMonitor(L.Callback):
             return  # under gradient accumulation every micro-batch of a step ends here: log once
         self._last_step = step
         with pl_module.full_parameters():  # under FSDP: gathered on every process, as the penalty needs
-            deltas = pl_module.delta_tensors()
-            matrices = dict(zip(pl_module.penalized_names, pl_module.penalty_deltas()))
-            metrics, deviations = orthogonality_statistics(deltas, matrices, self.max_pairs, self.seed)
+            metrics, deviations = self.measure(pl_module)
         pl_module.log_dict(metrics)
         if self.histograms and deviations and trainer.is_global_zero:
             self._log_histograms(trainer, deviations, step)
+
+    @torch.no_grad()
+    def measure(self, pl_module: FineTuneModule) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(metrics, |angle − 90°| per layer type) of the module's current ΔW."""
+        deltas = pl_module.delta_tensors()
+        if all(n in deltas for n in pl_module.penalized_names):  # every mode: each ΔW computed once
+            matrices = {n: deltas[n] for n in pl_module.penalized_names}
+        else:
+            matrices = dict(zip(pl_module.penalized_names, pl_module.penalty_deltas()))
+        return orthogonality_statistics(deltas, matrices, self.max_pairs, self.seed)
 
     @staticmethod
     def _log_histograms(trainer: L.Trainer, deviations: dict[str, Tensor], step: int) -> None:

@@ -411,6 +411,19 @@ def test_analysis_report_end_to_end(two_mode_runs, cache_dir, tmp_path, monkeypa
     assert {r["layer_type"] for r in summary} == set(LAYER_TYPES)
     assert saved["reference_check"]["beyond_tolerance"] == []
 
+    import wandb
+
+    from orthoreg_pl.evaluation.figure_logging import log_figures
+
+    stub = _StubWandb(tmp_path / "wandb")  # W&B: every figure as an image, every table as a table
+    keys = log_figures(stub, saved, out)
+    assert set(keys) == {f"analysis/{n}" for n in figures} | {f"analysis/{n}_table" for n in saved["tables"]}
+    logged = {k: v for row in stub.recorder.rows for k, v in row.items()}
+    assert all(isinstance(logged[f"analysis/{n}"][0], wandb.Image) for n in figures)
+    assert (
+        isinstance(logged["analysis/xi_table"], wandb.Table) and len(logged["analysis/xi_table"].data) == 18
+    )
+
 
 # ---- the training-time monitor ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -71,35 +72,55 @@ def columns_needed(max_pairs: int) -> int:
     return math.ceil((1 + math.sqrt(1 + 8 * max_pairs)) / 2)
 
 
+@lru_cache(maxsize=256)
+def _sampled(n: int, keep: int, seed: int) -> Tensor | None:
+    """The columns kept of n (None: all), fixed by ``seed``: the same pairs at every call."""
+    if n <= keep:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep].sort().values
+
+
+@lru_cache(maxsize=256)
+def _pairs(k: int) -> tuple[Tensor, Tensor]:
+    i, j = torch.triu_indices(k, k, offset=1)
+    return i, j
+
+
 @torch.no_grad()
-def column_angles(matrix: Tensor, max_pairs: int = 4096, seed: int = 0, vectors: str = "columns") -> Tensor:
+def column_angles(
+    matrix: Tensor | Sequence[Tensor], max_pairs: int = 4096, seed: int = 0, vectors: str = "columns"
+) -> Tensor:
     """Angles in degrees (float32, on the matrix's device) between pairs of columns of ``matrix``.
 
     All pairs when there are at most about ``max_pairs`` of them; otherwise every pair among a random
     subset of m columns (m the smallest with m(m−1)/2 >= max_pairs), drawn from ``seed``. Pairs with
     a zero column have no angle and are left out. ``vectors="min_side"`` compares the vectors of the
-    smaller side (rows when rows < cols), those the reference penalty's Gram matrix holds."""
+    smaller side (rows when rows < cols), those the reference penalty's Gram matrix holds.
+
+    ``matrix`` may be a list of equally shaped matrices (a layer type's blocks): the same columns are
+    sampled in each, and one batched computation replaces one per matrix (the monitor's cost)."""
     if vectors not in VECTORS:
         raise OrthoRegError(f"vectors={vectors!r}; expected one of {', '.join(VECTORS)}")
-    if matrix.ndim != 2:
-        raise OrthoRegError(f"column_angles expects a 2-D matrix, got shape {tuple(matrix.shape)}")
+    matrices = [matrix] if isinstance(matrix, Tensor) else list(matrix)
+    if not matrices or any(m.ndim != 2 or m.shape != matrices[0].shape for m in matrices):
+        shapes = [tuple(m.shape) for m in matrices]
+        raise OrthoRegError(f"column_angles expects 2-D matrices of one shape, got shapes {shapes}")
+    if vectors == "min_side" and uses_row_gram(matrices[0].shape, "min_side"):
+        matrices = [m.T for m in matrices]
+    picked = _sampled(matrices[0].shape[1], columns_needed(max_pairs), seed)
+    if picked is not None:
+        picked = picked.to(matrices[0].device)
+        matrices = [m.index_select(1, picked) for m in matrices]  # only the sampled columns are copied
     exact = (
-        torch.float32 if matrix.device.type == "mps" else torch.float64
-    )  # acos is ill-conditioned near 0°, 180°
-    m = matrix.detach().to(exact)
-    if vectors == "min_side" and uses_row_gram(m.shape, "min_side"):
-        m = m.T
-    n = m.shape[1]
-    keep = columns_needed(max_pairs)
-    if n > keep:
-        picked = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep]
-        m = m[:, picked.to(m.device)]
-    norms = torch.linalg.vector_norm(m, dim=0)
-    unit = m / norms.clamp_min(torch.finfo(m.dtype).tiny)
-    cos = unit.T @ unit
-    i, j = torch.triu_indices(cos.shape[0], cos.shape[0], offset=1, device=m.device)
-    valid = (norms[i] > 0) & (norms[j] > 0)
-    return torch.rad2deg(torch.arccos(cos[i, j][valid].clamp(-1.0, 1.0))).float()
+        torch.float32 if matrices[0].device.type == "mps" else torch.float64
+    )  # acos: ill-conditioned at 0°, 180°
+    m = torch.stack([x.detach() for x in matrices]).to(exact)  # [L, rows, k]
+    norms = torch.linalg.vector_norm(m, dim=1)  # [L, k]
+    unit = m / norms.clamp_min(torch.finfo(exact).tiny).unsqueeze(1)
+    cos = unit.mT @ unit
+    i, j = (x.to(m.device) for x in _pairs(m.shape[-1]))
+    valid = (norms[:, i] > 0) & (norms[:, j] > 0)
+    return torch.rad2deg(torch.arccos(cos[:, i, j][valid].clamp(-1.0, 1.0))).float()
 
 
 def deviation_from_orthogonal(angles: Tensor) -> Tensor:
@@ -139,13 +160,18 @@ def shared_edges(series: Sequence[Tensor], bins: int) -> list[float]:
 
 @torch.no_grad()
 def penalty_terms(deltas: Sequence[Tensor]) -> Tensor:
-    """[n] float32: ‖G − I_k‖_F of each ΔW (min-side Gram, unsquared); the sum is the reference penalty."""
-    terms = []
-    for delta in deltas:
-        d = delta.detach().float()
-        gram = d @ d.T if uses_row_gram(d.shape, "min_side") else d.T @ d
-        gram.diagonal().sub_(1.0)
-        terms.append(torch.linalg.vector_norm(gram))
-    if not terms:
+    """[n] float32: ‖G − I_k‖_F of each ΔW (min-side Gram, unsquared); the sum is the reference penalty.
+    Matrices of one shape (a layer type's blocks) share one batched Gram product."""
+    if not deltas:
         raise OrthoRegError("penalty_terms got no matrices")
-    return torch.stack(terms)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, delta in enumerate(deltas):
+        groups.setdefault(tuple(delta.shape), []).append(i)
+    terms = torch.empty(len(deltas), dtype=torch.float32, device=deltas[0].device)
+    for shape, index in groups.items():
+        stacked = torch.stack([deltas[i].detach().float() for i in index])
+        rows = uses_row_gram(shape, "min_side")
+        gram = stacked @ stacked.mT if rows else stacked.mT @ stacked
+        gram.diagonal(dim1=1, dim2=2).sub_(1.0)
+        terms[torch.tensor(index, device=terms.device)] = torch.linalg.vector_norm(gram, dim=(1, 2))
+    return terms

@@ -47,9 +47,12 @@ def orthogonality_statistics(
         metrics[f"{PREFIX}/{kind}/penalty_share"] = torch.stack(
             [terms[n] for n in group]
         ).sum() / total.clamp_min(1e-30)
+        shapes: dict[tuple, list[Tensor]] = {}  # equally shaped matrices (a type's blocks) in one batch
+        for n in group:
+            shapes.setdefault(tuple(matrices[n].shape), []).append(matrices[n])
         found = [
-            deviation_from_orthogonal(column_angles(matrices[n], max_pairs, seed + names.index(n)))
-            for n in group
+            deviation_from_orthogonal(column_angles(same, max_pairs, seed + i))
+            for i, same in enumerate(shapes.values())
         ]
         values = torch.cat(found)
         if values.numel():

@@ -377,7 +377,9 @@ def run_analysis(
     )
     if evaluator.trainer.is_global_zero:
         write_text(out / "report.md", markdown)  # also the pipeline's report.md (body["markdown"])
-        log.info("analysis figures: %s (report.md, %d PNG files with CSV and JSON beside)", out, len(figures))
+        log.info(
+            "analysis figures: %s (%d PNG, each with CSV and JSON beside it)", out / "report.md", len(figures)
+        )
     return {
         "alphas": list(alphas),
         "val_curves": {},
