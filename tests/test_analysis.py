@@ -42,7 +42,13 @@ from orthoreg_pl.analysis.figures import alpha_curves_figure
 from orthoreg_pl.analysis.monitoring import orthogonality_statistics
 from orthoreg_pl.evaluation.disentanglement import xi_by_rebuilding, xi_grid
 from orthoreg_pl.evaluation.engine import MergeEvalModule
-from orthoreg_pl.evaluation.protocols.analysis import ModeSpec, check_settings, mode_specs
+from orthoreg_pl.evaluation.protocols.analysis import (
+    ModeSpec,
+    check_settings,
+    mode_checksums,
+    mode_specs,
+    validate_analysis,
+)
 from orthoreg_pl.penalties import ortho_penalty
 from orthoreg_pl.task_vectors import TaskVector, TaskVectorInfo, load_run
 
@@ -247,6 +253,8 @@ def test_analysis_settings_are_checked():
     ]:
         with pytest.raises(OrthoRegError, match=message):
             check_settings(_settings_cfg(**protocol))
+    with pytest.raises(OrthoRegError, match="protocol.curves='yes'"):
+        check_settings(_settings_cfg(curves="yes"))
 
 
 @pytest.mark.parametrize(
@@ -259,6 +267,7 @@ def test_analysis_experiments_compose_and_validate(experiment, tmp_path):
     with open_dict(cfg):
         cfg.merge_method_name = "task_arithmetic"
     validate_merge(cfg)
+    validate_analysis(cfg)  # what validate_merge could call for protocol=analysis
     resolved = OmegaConf.to_container(cfg.protocol, resolve=True)
     assert resolved["name"] == "analysis" and cfg.experiment_kind == "merge"
     assert len(resolved["alphas"]) == 11 and resolved["objective"]["metric"] == "xi_mean"
@@ -410,6 +419,7 @@ def test_analysis_report_end_to_end(two_mode_runs, cache_dir, tmp_path, monkeypa
         assert sum(series["counts"]) == int(match[0]["pairs"]) > 0
     assert {r["layer_type"] for r in summary} == set(LAYER_TYPES)
     assert saved["reference_check"]["beyond_tolerance"] == []
+    assert mode_checksums(cfg) == saved["analysis"]["mode_checksums"]  # what a re-run compares to reuse it
 
     import wandb
 

@@ -166,8 +166,46 @@ def check_settings(cfg: DictConfig) -> dict:
         "pairs": xi_pairs(cfg, tasks),
         "split": split,
         "max_samples": _integer(cfg, "protocol.xi.max_samples", None, 1, optional=True),
-        "curves": bool(_container(cfg, "protocol.curves", True)),
+        "curves": _boolean(cfg, "protocol.curves", True),
     }
+
+
+def _boolean(cfg: DictConfig, key: str, default: bool) -> bool:
+    value = _container(cfg, key, default)
+    if not isinstance(value, bool):
+        raise OrthoRegError(f"{key}={value!r}; expected true or false")
+    return value
+
+
+def validate_analysis(cfg: DictConfig) -> None:
+    """Every analysis option checked from the config alone, before anything is built (for
+    validation.validate_merge): the same checks the protocol makes when it starts."""
+    from orthoreg_pl.training import effective_lambda
+
+    check_settings(cfg)
+    mode_specs(cfg, ModeSpec(str(cfg.mode.name), effective_lambda(cfg)))
+
+
+def mode_checksums(cfg: DictConfig) -> dict[str, dict[str, str | None]]:
+    """label -> task -> the task-vector sha256 each mode's run recorded in meta.json (found as the
+    protocol finds them; no file is hashed): what a finished analysis report must match to be reused
+    (the pipeline's own inputs cover merge.py's mode only)."""
+    from orthoreg_pl.evaluation.pipeline import selected_settings  # the pipeline imports the protocols
+    from orthoreg_pl.run_folder import read_meta
+    from orthoreg_pl.training import effective_lambda
+
+    tasks = list(cfg.tasks)
+    out = {}
+    for k, spec in enumerate(mode_specs(cfg, ModeSpec(str(cfg.mode.name), effective_lambda(cfg)))):
+        settings = (
+            selected_settings(cfg) if k == 0 else spec.settings
+        )  # merge.py's own runs: as it selects them
+        runs = find_runs(
+            cfg.paths.runs_dir, arch=cfg.model.arch, mode=spec.mode, lam=spec.lam, tasks=tasks, seed=cfg.seed,
+            settings=settings,
+        )  # fmt: skip
+        out[spec.label] = {t: read_meta(runs[t]).get("task_vector_sha256") for t in tasks}
+    return out
 
 
 # ---- task vectors of the other modes -----------------------------------------------------------------
@@ -391,6 +429,7 @@ def run_analysis(
         "references": refs,
         "analysis": {
             "modes": modes,
+            "mode_checksums": {m["label"]: {t: i["checksum"] for t, i in m["inputs"].items()} for m in modes},
             "xi": {"pairs": [list(p) for p in settings["pairs"]], **xi_settings, "grids": xi},
             "cosines": cosines,
             "angles": {
