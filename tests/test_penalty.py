@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from orthoreg_pl import OrthoRegError
-from orthoreg_pl.penalties import gram_size, ortho_penalty, penalty_at_zero
+from orthoreg_pl.penalties import (
+    gram_size,
+    ortho_penalty,
+    ortho_penalty_of,
+    ortho_penalty_per_matrix,
+    penalty_at_zero,
+    shape_groups,
+)
 
 OPTIONS = list(itertools.product(("fro", "fro_squared"), ("min_side", "columns")))
 SHAPES = [(7, 3), (3, 7), (5, 5), (1, 4), (6, 1)]  # tall, wide, square, a row and a column
@@ -146,3 +153,72 @@ def test_non_matrix_raises(shape):
 def test_empty_list_raises():
     with pytest.raises(OrthoRegError):
         ortho_penalty([])
+
+
+# ---- shape groups and the weights form (ΔW formed inside, not kept) --------------------------------
+
+GROUPED_SHAPES = [(6, 4), (4, 6), (6, 4), (5, 5), (4, 6), (6, 4), (5, 5), (3, 8)]  # repeats, as in a ViT
+
+
+def test_shape_groups_keep_first_appearance_order():
+    assert shape_groups(GROUPED_SHAPES) == [[0, 2, 5], [1, 4], [3, 6], [7]]
+
+
+@pytest.mark.parametrize("norm,gram", OPTIONS)
+def test_shape_groups_equal_the_per_matrix_path(norm, gram):
+    """Batched by shape (bmm) equals one matrix at a time, value and gradients, in float64."""
+    g = torch.Generator().manual_seed(5)
+    base = [0.4 * torch.randn(s, dtype=torch.float64, generator=g) for s in GROUPED_SHAPES]
+    grouped_in = [b.clone().requires_grad_(True) for b in base]
+    single_in = [b.clone().requires_grad_(True) for b in base]
+    grouped = ortho_penalty(grouped_in, norm=norm, gram=gram)
+    single = ortho_penalty_per_matrix(single_in, norm=norm, gram=gram)
+    torch.testing.assert_close(grouped, single, rtol=1e-13, atol=0.0)
+    torch.testing.assert_close(grouped, direct_penalty(base, norm, gram), rtol=1e-12, atol=0.0)
+    (3.0 * grouped).backward()
+    (3.0 * single).backward()
+    for a, b in zip(grouped_in, single_in):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("norm,gram", OPTIONS)
+def test_weights_form_equals_the_deltas_form(norm, gram):
+    """ortho_penalty_of(W, W0) = ortho_penalty(W − W0): value, and the gradient reaching W."""
+    g = torch.Generator().manual_seed(6)
+    bases = [torch.randn(s, dtype=torch.float64, generator=g) for s in GROUPED_SHAPES]
+    start = [b + 0.3 * torch.randn(b.shape, dtype=b.dtype, generator=g) for b in bases]
+    weights_a = [w.clone().requires_grad_(True) for w in start]
+    weights_b = [w.clone().requires_grad_(True) for w in start]
+    of = ortho_penalty_of(weights_a, bases, norm=norm, gram=gram)
+    plain = ortho_penalty([w - b for w, b in zip(weights_b, bases)], norm=norm, gram=gram)
+    torch.testing.assert_close(of, plain, rtol=1e-13, atol=0.0)
+    of.backward()
+    plain.backward()
+    for a, b in zip(weights_a, weights_b):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-15)
+    inputs = tuple(w.detach().clone().requires_grad_(True) for w in start[:3])
+    assert torch.autograd.gradcheck(
+        lambda *w: ortho_penalty_of(list(w), bases[:3], norm=norm, gram=gram), inputs
+    )
+
+
+def test_weights_form_keeps_no_delta_for_the_backward():
+    """What the weights form saves for its backward: the weights and bases themselves (no copies), the
+    norms and the Gram residuals; never a ΔW-sized tensor of its own (the deltas form keeps one)."""
+    g = torch.Generator().manual_seed(7)
+    shapes = [(12, 4)] * 3  # tall: Gram 4×4, so a saved 12×4 tensor can only be W, W0 or ΔW
+    bases = [torch.randn(s, generator=g) for s in shapes]
+    weights = [(b + 0.1).requires_grad_(True) for b in bases]
+
+    def saved_by(fn) -> list[torch.Tensor]:
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            fn()
+        return saved
+
+    theirs = {t.data_ptr() for t in [*weights, *bases]}
+    kept = saved_by(lambda: ortho_penalty_of(weights, bases))
+    assert all(t.data_ptr() in theirs for t in kept if tuple(t.shape) == (12, 4))
+    assert sum(tuple(t.shape) == (12, 4) for t in kept) == 6  # the 3 weights and 3 bases, by reference
+    deltas_kept = saved_by(lambda: ortho_penalty([w - b for w, b in zip(weights, bases)]))
+    assert sum(tuple(t.shape) == (12, 4) and t.data_ptr() not in theirs for t in deltas_kept) == 3

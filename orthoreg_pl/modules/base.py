@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from orthoreg_pl.errors import OrthoRegError, RunFailed
 from orthoreg_pl.models.classifier import ImageClassifier
 from orthoreg_pl.modules.schedule import warmup_cosine
-from orthoreg_pl.penalties import ortho_penalty
+from orthoreg_pl.penalties import ortho_penalty, ortho_penalty_of
 from orthoreg_pl.penalties.ortho import check_options
 
 
@@ -106,10 +106,19 @@ class FineTuneModule(L.LightningModule):
         return self.deltas(self.penalized_names)
 
     def penalty(self) -> Tensor:
-        """OrthoReg penalty of the current ΔW, in fp32 even under mixed precision."""
+        """OrthoReg penalty of the current ΔW, in fp32 even under mixed precision.
+
+        ΔW = W − W0 is formed inside the penalty (and again in its backward) rather than kept, unless
+        FSDP holds the weights (its gathered weights do not outlive the forward) or the mode defines
+        ΔW otherwise (LoRA: ΔW = B·A)."""
+        norm, gram = self.hparams.norm, self.hparams.gram
         with torch.autocast(device_type=self.device.type, enabled=False):
+            if self.fsdp_root() is None and type(self).penalty_deltas is FineTuneModule.penalty_deltas:
+                weights = [self.weight(n).float() for n in self.penalized_names]
+                bases = [self.theta0(n).float() for n in self.penalized_names]
+                return ortho_penalty_of(weights, bases, norm=norm, gram=gram)
             deltas = [d.float() for d in self.penalty_deltas()]
-            return ortho_penalty(deltas, norm=self.hparams.norm, gram=self.hparams.gram)
+            return ortho_penalty(deltas, norm=norm, gram=gram)
 
     @torch.no_grad()
     def task_vector(self) -> dict[str, Tensor]:

@@ -5,8 +5,21 @@ from orthoreg_pl.penalties.ortho import (
     NORMS,
     gram_size,
     ortho_penalty,
+    ortho_penalty_of,
+    ortho_penalty_per_matrix,
     ortho_penalty_reference,
+    shape_groups,
     penalty_at_zero,
 )
 
-__all__ = ["GRAMS", "NORMS", "gram_size", "ortho_penalty", "ortho_penalty_reference", "penalty_at_zero"]
+__all__ = [
+    "GRAMS",
+    "NORMS",
+    "gram_size",
+    "ortho_penalty",
+    "ortho_penalty_of",
+    "ortho_penalty_per_matrix",
+    "ortho_penalty_reference",
+    "penalty_at_zero",
+    "shape_groups",
+]
