@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -383,6 +384,13 @@ def test_analysis_report_end_to_end(two_mode_runs, cache_dir, tmp_path, monkeypa
     }
 
     md = (out / "report.md").read_text()
+    blocks: list[set[int]] = [set()]  # every markdown table keeps one column count (escaped pipes in cells)
+    for line in md.splitlines():
+        if line.startswith("|"):
+            blocks[-1].add(len(re.split(r"(?<!\\)\|", line)))
+        elif blocks[-1]:
+            blocks.append(set())
+    assert len(blocks) > 3 and all(len(b) <= 1 for b in blocks)
     figures = saved["figures"]
     expected = {"cosine_heatmap", "cosine_by_layer", "angles_standard_ortho_lam0.1", "angles_standard",
                 "angles_by_mode", "angles_summary", "xi"}  # fmt: skip

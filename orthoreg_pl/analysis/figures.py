@@ -281,6 +281,15 @@ def angle_summary_figure(summary: Sequence[dict], out: Path, title: str) -> dict
 # ---- ξ -------------------------------------------------------------------------------------------------
 
 
+def _cell_edges(alphas: Sequence[float]) -> np.ndarray:
+    """Cell boundaries halfway between grid values (the outer ones mirrored): one cell per α."""
+    a = np.asarray(alphas, dtype=float)
+    if len(a) == 1:
+        return np.array([a[0] - 0.5, a[0] + 0.5])
+    middle = (a[1:] + a[:-1]) / 2
+    return np.concatenate([[a[0] - (middle[0] - a[0])], middle, [a[-1] + (a[-1] - middle[-1])]])
+
+
 def xi_figure(
     xi: Mapping[str, Mapping[str, dict]], pairs: Sequence[tuple[str, str]], alphas: Sequence[float], out: Path,
     title: str,
@@ -292,14 +301,12 @@ def xi_figure(
     top = max([float(np.max(xi[m][n]["xi"])) for m in labels for n in names] + [1e-3])
     fig, axes = _grid(len(pairs), len(labels), 3.8, 3.3)
     image = None
-    extent = (alphas[0], alphas[-1], alphas[0], alphas[-1])
+    edges = _cell_edges(alphas)
     for r, (pair, name) in enumerate(zip(pairs, names)):
         for c, label in enumerate(labels):
             ax = axes[r, c]
             grid = np.asarray(xi[label][name]["xi"], dtype=float)  # [α1, α2]
-            image = ax.imshow(
-                grid.T, origin="lower", extent=extent, cmap="viridis", vmin=0, vmax=top, aspect="auto"
-            )
+            image = ax.pcolormesh(edges, edges, grid.T, cmap="viridis", vmin=0, vmax=top)
             ax.set_xlabel(f"α1 (coefficient of τ {pair[0]})", fontsize=8)
             ax.set_ylabel(f"α2 (coefficient of τ {pair[1]})", fontsize=8)
             ax.set_title(f"{label}: {name}\nmean ξ {grid.mean():.3f}", fontsize=9)

@@ -61,7 +61,7 @@ def analysis_markdown(
                 mean_abs = statistics.fmean(abs(v) for v in values) if values else None
                 top = max((abs(v) for v in values), default=None)
                 rows.append([label, LAYER_LABELS[kind], _num(mean_abs), _num(top)])
-    parts.append(_table(["mode", "part", "mean |cos| (a ≠ b)", "max |cos|"], rows))
+    parts.append(_table(["mode", "part", "mean \\|cos\\| (a ≠ b)", "max \\|cos\\|"], rows))
     for name in ("cosine_heatmap", "cosine_by_layer"):
         if name in figures:
             parts.append(_files(figures[name]))
