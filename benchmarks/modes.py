@@ -5,7 +5,11 @@ GPU, peak RSS above the post-import baseline on a CPU. A step is what training_s
 CE (+ λ·penalty), backward, gradient clipping at 1.0, AdamW. For the *_ortho modes the worker also
 times the penalty alone (forward + backward, the cost benchmarks/penalty.py measures), so the check
 "ortho step ≤ base step + penalty + 3 % of the base step" uses figures from the same run.
-Random init, no download: ``python benchmarks/modes.py [--archs orthoreg-tiny-vit ViT-B-32] [--batch 128]``.
+``--precision bf16-mixed`` (or 16-mixed) runs the forward and the loss under autocast as Lightning's
+mixed-precision plugin does (16-mixed with a gradient scaler); the first step's loss of every mode is
+printed so a mixed-precision run can be compared with a 32-true one.
+Random init, no download: ``python benchmarks/modes.py [--archs orthoreg-tiny-vit ViT-B-32] [--batch 128]
+[--precision 32-true|bf16-mixed|16-mixed]``.
 """
 
 from __future__ import annotations
@@ -60,7 +64,12 @@ def saved_for_backward_bytes(fn) -> int:
     return sum(seen.values())
 
 
-def worker(arch: str, mode: str, batch: int, steps: int, device: torch.device) -> dict:
+AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def worker(
+    arch: str, mode: str, batch: int, steps: int, device: torch.device, precision: str = "32-true"
+) -> dict:
     baseline = _rss_bytes()
     torch.manual_seed(0)
     clip = create_clip(arch, None)
@@ -76,14 +85,23 @@ def worker(arch: str, mode: str, batch: int, steps: int, device: torch.device) -
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    dtype = AUTOCAST[precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    losses: list[float] = []
+
     def loss() -> torch.Tensor:
-        out = F.cross_entropy(module(images), labels)
-        return out + module.hparams.lam * module.penalty() if cls.uses_penalty else out
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = F.cross_entropy(module(images), labels)
+            return out + module.hparams.lam * module.penalty() if cls.uses_penalty else out
 
     def step() -> None:
-        loss().backward()
+        value = loss()
+        losses.append(float(value.detach()))
+        scaler.scale(value).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
     times, penalty_times = [], []
@@ -108,10 +126,11 @@ def worker(arch: str, mode: str, batch: int, steps: int, device: torch.device) -
         "penalty_s": statistics.median(penalty_times[1:] or penalty_times) if penalty_times else 0.0,
         "peak_bytes": peak,
         "saved_bytes": saved,
+        "first_loss": losses[0],
     }
 
 
-def run_all(archs: list[str], modes: list[str], batch: int, steps: int, device: str) -> dict:
+def run_all(archs: list[str], modes: list[str], batch: int, steps: int, device: str, precision: str) -> dict:
     results: dict[str, dict[str, dict]] = {}
     for arch in archs:
         results[arch] = {}
@@ -130,6 +149,8 @@ def run_all(archs: list[str], modes: list[str], batch: int, steps: int, device: 
                 str(steps),
                 "--device",
                 device,
+                "--precision",
+                precision,
             ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             results[arch][mode] = json.loads(out.strip().splitlines()[-1])
@@ -160,7 +181,10 @@ def report(results: dict, batch: int) -> None:
                     f"{'met' if r['step_s'] <= budget else 'MISSED'} (<= penalty + 3% of base)"
                 )
             memory, saved = r["peak_bytes"] / std["peak_bytes"], r["saved_bytes"] / std["saved_bytes"]
-            print(f"  {mode:16s} {r['step_s'] / std['step_s']:6.2f}x {memory:6.2f}x {saved:6.2f}x   {check}")
+            print(
+                f"  {mode:16s} {r['step_s'] / std['step_s']:6.2f}x {memory:6.2f}x {saved:6.2f}x   "
+                f"loss {r['first_loss']:.5f}   {check}"
+            )
 
 
 def main() -> None:
@@ -172,18 +196,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 10 on GPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="32-true", choices=list(AUTOCAST))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--arch", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     steps = args.steps or (10 if args.device.startswith("cuda") else 3)
     if args.worker:
-        print(json.dumps(worker(args.arch, args.mode, args.batch, steps, torch.device(args.device))))
+        print(
+            json.dumps(
+                worker(args.arch, args.mode, args.batch, steps, torch.device(args.device), args.precision)
+            )
+        )
         return
     print(
-        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {steps} timed steps"
+        f"torch {torch.__version__}, device {args.device}, precision {args.precision}, "
+        f"threads {torch.get_num_threads()}, {steps} timed steps"
     )
-    report(run_all(args.archs, args.modes, args.batch, steps, args.device), args.batch)
+    report(run_all(args.archs, args.modes, args.batch, steps, args.device, args.precision), args.batch)
 
 
 if __name__ == "__main__":
