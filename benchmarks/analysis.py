@@ -247,7 +247,10 @@ def main() -> None:
     )
     parser.add_argument("--vit-batch", type=int, default=32, help="ViT-B-32 batch (the recipe's is 128)")
     parser.add_argument("--vit-steps", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or tmp
         g = torch.Generator().manual_seed(0)
