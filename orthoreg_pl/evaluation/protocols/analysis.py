@@ -341,6 +341,19 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def mode_row(label: str, cosines: Mapping, summary: Sequence[dict], xi: Mapping) -> dict[str, float | None]:
+    """The report table's row of one mode: mean |cos| between distinct tasks (whole vector), mean
+    |angle − 90°| of τ's columns (mean over layer types), mean ξ over the grid and the pairs."""
+    off = offdiagonal(cosines[label]["all"])
+    tau = [r["mean"] for r in summary if (r["mode"], r["task"], r["weights"]) == (label, "all", "tau")]
+    grids = [v for entry in xi[label].values() for row in entry["xi"] for v in row]
+    return {
+        "cos_offdiag_mean_abs": _mean([abs(v) for v in off]),
+        "tau_dev90_mean": _mean([v for v in tau if v is not None]),
+        "xi_mean": _mean(grids),
+    }
+
+
 def run_analysis(
     cfg: DictConfig, evaluator: MergeEvaluator, vectors: dict[str, TaskVector], alphas: list[float]
 ) -> dict:
@@ -380,16 +393,7 @@ def run_analysis(
         if curves:
             figures.update(alpha_curves_figure(curves, out, title))
 
-    per_mode = {}
-    for label in sets:
-        off = offdiagonal(cosines[label]["all"])
-        tau = [r["mean"] for r in summary if (r["mode"], r["task"], r["weights"]) == (label, "all", "tau")]
-        grids = [v for entry in xi[label].values() for row in entry["xi"] for v in row]
-        per_mode[label] = {
-            "cos_offdiag_mean_abs": _mean([abs(v) for v in off]),
-            "tau_dev90_mean": _mean([v for v in tau if v is not None]),
-            "xi_mean": _mean(grids),
-        }
+    per_mode = {label: mode_row(label, cosines, summary, xi) for label in sets}
     modes = [
         {"label": s.label, "mode": s.mode, "lam": s.lam, "settings": s.settings, "tag": s.tag,
          "runs": f"{len(sets[s.label])} runs", "inputs": inputs(sets[s.label])}
