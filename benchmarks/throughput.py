@@ -130,9 +130,7 @@ def main() -> None:
         f"{args.arch}, batch {args.batch}, {args.precision}, device {device}, {args.workers} workers, {steps} steps"
     )
     print(f"  data-free step: {free_rate:8.1f} images/s")
-    print(
-        f"  training loop:  {loop_rate:8.1f} images/s  (TaskDataModule, 500x375 JPEGs, RandomResizedCrop)"
-    )
+    print(f"  training loop:  {loop_rate:8.1f} images/s  (TaskDataModule, 500x375 JPEGs, RandomResizedCrop)")
     print(f"  loop / data-free = {loop_rate / free_rate:.1%}   (target on a GPU: >= 90%)")
 
 

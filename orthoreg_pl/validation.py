@@ -273,6 +273,10 @@ def validate_train(cfg: DictConfig) -> None:
 def validate_merge(cfg: DictConfig) -> None:
     """The values merge.py uses, checked before anything is read, built or written."""
     check(cfg, [*_model_rules(), *_mode_rules(), *_merge_rules(), *_data_rules(), *_trainer_rules()])
+    if cfg.protocol.name == "analysis":  # its options (modes to compare, ξ pairs, angle sampling)
+        from orthoreg_pl.evaluation.protocols.analysis import validate_analysis
+
+        validate_analysis(cfg)
 
 
 VALIDATORS: dict[str, Callable[[DictConfig], None]] = {"train": validate_train, "merge": validate_merge}

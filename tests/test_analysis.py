@@ -339,15 +339,11 @@ def two_mode_runs(merge_runs, cache_dir, tmp_path_factory) -> Path:
     return tmp
 
 
-def test_analysis_report_end_to_end(two_mode_runs, cache_dir, tmp_path, monkeypatch):
+def test_analysis_report_end_to_end(two_mode_runs, cache_dir, tmp_path):
     """merge.py's pipeline with protocol=analysis: every figure a valid PNG beside the data it plots,
     report.md embedding them, numbers equal to direct computations, the objective ξ of merge.py's mode."""
-    from orthoreg_pl.evaluation import report_files
     from orthoreg_pl.evaluation.pipeline import run_merge
 
-    # Until report_files.markdown uses body["markdown"] (asked of the pipeline's owner), emulate it here.
-    original = report_files.markdown
-    monkeypatch.setattr(report_files, "markdown", lambda report: report.get("markdown") or original(report))
     out = tmp_path / "report"
     cfg = compose_config(
         [
@@ -428,6 +424,7 @@ def test_analysis_report_end_to_end(two_mode_runs, cache_dir, tmp_path, monkeypa
     assert {r["layer_type"] for r in summary} == set(LAYER_TYPES)
     assert saved["reference_check"]["beyond_tolerance"] == []
     assert mode_checksums(cfg) == saved["analysis"]["mode_checksums"]  # what a re-run compares to reuse it
+    assert getattr(run_merge(cfg), "skipped", False)  # the same analysis again: reused, not recomputed
 
     import wandb
 

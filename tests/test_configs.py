@@ -91,7 +91,7 @@ def test_every_merge_experiment_composes(experiment, paths):
     with open_dict(cfg):  # ${hydra:runtime.choices...} exists only inside the app
         cfg.merge_method_name = "task_arithmetic"
     resolved = resolve_all(cfg)
-    assert resolved["protocol"]["name"] in ("addition", "negation") and resolved["tasks"]
+    assert resolved["protocol"]["name"] in ("addition", "negation", "analysis") and resolved["tasks"]
     assert callable(instantiate(cfg.merge_method))
     if experiment.endswith(("vitb32", "vitb16", "vitl14")):
         assert resolved["tasks"] == ["Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SUN397", "SVHN"]

@@ -76,8 +76,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _finished_report(report_dir: Path, identity: dict, inputs: dict) -> dict | None:
-    """The report already in ``report_dir`` if it has this identity and these exact inputs."""
+def _finished_report(report_dir: Path, identity: dict, inputs: dict, cfg: DictConfig) -> dict | None:
+    """The report already in ``report_dir`` if it has this identity and these exact inputs (for an
+    analysis, also the runs of the other modes it compares)."""
     path = report_dir / REPORT_FILE
     if not path.is_file():
         return None
@@ -88,9 +89,14 @@ def _finished_report(report_dir: Path, identity: dict, inputs: dict) -> dict | N
     same_inputs = {t: i["checksum"] for t, i in report.get("inputs", {}).items()} == {
         t: i["checksum"] for t, i in inputs.items()
     }
-    if (report.get("identity") or {}).get("hash") == identity["hash"] and same_inputs:
-        return report
-    return None
+    if (report.get("identity") or {}).get("hash") != identity["hash"] or not same_inputs:
+        return None
+    if cfg.protocol.name == "analysis":
+        from orthoreg_pl.evaluation.protocols.analysis import mode_checksums
+
+        if (report.get("analysis") or {}).get("mode_checksums") != mode_checksums(cfg):
+            return None
+    return report
 
 
 def check_splits(vectors: dict[str, TaskVector], checksums: dict[str, str]) -> None:
@@ -123,7 +129,7 @@ def run_merge(cfg: DictConfig) -> dict:
     settings = report_settings(cfg, lam)
     identity = {"hash": identity_hash(settings), "settings": settings, "selected_by": selected}
     inputs = report_inputs(vectors)
-    previous = _finished_report(Path(cfg.paths.output_dir), identity, inputs)
+    previous = _finished_report(Path(cfg.paths.output_dir), identity, inputs, cfg)
     if previous is not None:
         log.info(
             "skipped: %s already holds this report (same settings and task vectors)", cfg.paths.output_dir

@@ -32,6 +32,8 @@ def rows(report: dict) -> list[dict]:
 
 
 def markdown(report: dict) -> str:
+    if report.get("markdown"):  # a protocol that writes its own report.md (analysis: figures and tables)
+        return report["markdown"]
     columns = report["columns"]
     head = f"# {report['protocol'].capitalize()}: {report['arch']}, {report['mode']} (λ={report['lam']:g}), {report['merge_method']}\n\n"
     head += f"α* = {report['chosen_alpha']}\n\n" if report.get("chosen_alpha") is not None else ""

@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
+from orthoreg_pl.evaluation.figure_logging import log_figures
 from orthoreg_pl.evaluation.report_files import REPORT_FILE, rows
 from orthoreg_pl.loggers import finish_wandb
 
@@ -54,6 +55,7 @@ def _log_wandb_report(logger: WandbLogger, cfg: DictConfig, report: dict) -> Non
     image = Path(cfg.paths.output_dir) / "alpha_curve.png"
     if image.exists():
         logger.log_image(key=f"{protocol}/alpha_curve", images=[str(image)])
+    log_figures(logger, report, cfg.paths.output_dir)  # a protocol's own figures and tables (analysis)
     artifact = wandb.Artifact(f"report-{report['identity']['hash']}", type="merge_report")
     artifact.add_file(str(Path(cfg.paths.output_dir) / REPORT_FILE))
     logger.experiment.log_artifact(artifact)

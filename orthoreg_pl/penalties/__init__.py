@@ -8,8 +8,8 @@ from orthoreg_pl.penalties.ortho import (
     ortho_penalty_of,
     ortho_penalty_per_matrix,
     ortho_penalty_reference,
-    shape_groups,
     penalty_at_zero,
+    shape_groups,
 )
 
 __all__ = [
