@@ -310,6 +310,9 @@ def xi_figure(
             ax.set_xlabel(f"α1 (coefficient of τ {pair[0]})", fontsize=8)
             ax.set_ylabel(f"α2 (coefficient of τ {pair[1]})", fontsize=8)
             ax.set_title(f"{label}: {name}\nmean ξ {grid.mean():.3f}", fontsize=9)
+            ticks = alphas if len(alphas) <= 6 else alphas[:: (len(alphas) + 5) // 6]
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)  # at the cells' α, not matplotlib's round numbers
             ax.tick_params(labelsize=7)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="ξ(α1, α2): sum over both tasks of the share changed")
