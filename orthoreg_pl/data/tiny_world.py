@@ -49,9 +49,16 @@ class WorldRecipe:
     p_dot: float = 0.2  # the object is a small dot (position is its main attribute)
     p_digit_object: float = 0.2  # the object is a coloured digit
     p_mention: float = 0.6  # each attribute of a scene is named in the caption with this probability
+    # How often each colour of COLORS paints an object, and the colours no caption ever names: the
+    # world's captioners have no word for purple or orange, as web captions lack words for rare
+    # concepts. Zero-shot has to guess those two Colors classes; fine-tuning can teach them.
+    color_freq: tuple[float, ...] = (0.2, 0.18, 0.2, 0.1, 0.05, 0.05, 0.11, 0.11)
+    unnamed_colors: tuple[str, ...] = ("purple", "orange")
+    stripe_freq: tuple[float, float] = (0.05, 0.16)  # cycles per pixel: wider than the Patterns task's
 
     def as_dict(self) -> dict:
-        return {"world_version": WORLD_VERSION, **asdict(self)}
+        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {"world_version": WORLD_VERSION, **fields}
 
 
 # ---- digits from strokes ----------------------------------------------------------------------------
@@ -162,8 +169,8 @@ def _plain(rng: np.random.Generator) -> np.ndarray:
     return np.clip(rng.uniform(40, 200) + rng.normal(0, 12, (SIZE, SIZE, 3)), 0, 255)
 
 
-def _pattern(kind: int, rng: np.random.Generator) -> np.ndarray:
-    freq, phase = rng.uniform(0.1, 0.32), rng.uniform(0, 2 * np.pi)
+def _pattern(kind: int, rng: np.random.Generator, freq_range: tuple[float, float]) -> np.ndarray:
+    freq, phase = rng.uniform(*freq_range), rng.uniform(0, 2 * np.pi)
     arg = 2 * np.pi * freq
     if kind == 0:
         wave = np.sin(arg * _YY + phase)
@@ -251,7 +258,7 @@ def _scene(recipe: WorldRecipe, rng: np.random.Generator) -> tuple[np.ndarray, d
         u < recipe.p_digit_scene + recipe.p_pattern_only or rng.random() < recipe.p_patterned_background
     )
     pattern = int(rng.integers(0, 4))
-    img = _pattern(pattern, rng) if pattern_bg else _plain(rng)
+    img = _pattern(pattern, rng, recipe.stripe_freq) if pattern_bg else _plain(rng)
     attrs: dict = {"background": PATTERNS[pattern] if pattern_bg else "plain background"}
     if u < recipe.p_digit_scene + recipe.p_pattern_only:
         return img, {"object": None, "color": None, "size": None, "position": None, **attrs}
@@ -278,9 +285,10 @@ def _scene(recipe: WorldRecipe, rng: np.random.Generator) -> tuple[np.ndarray, d
         mask = digit_mask(int(obj), rng, cx, cy, 2.2 * r)
     else:
         mask = shape_mask(0 if obj == "dot" else SHAPES.index(obj), cx, cy, r)
-    color = str(rng.choice(list(COLORS)))
+    color = str(rng.choice(list(COLORS), p=np.asarray(recipe.color_freq) / sum(recipe.color_freq)))
     img[mask] = np.clip(np.array(COLORS[color]) + rng.normal(0, 20, 3), 0, 255)
-    return img, {**attrs, "object": obj, "color": color, "size": size, "position": position}
+    named = None if color in recipe.unnamed_colors else color
+    return img, {**attrs, "object": obj, "color": named, "size": size, "position": position}
 
 
 def make_world(recipe: WorldRecipe) -> tuple[np.ndarray, list[str]]:

@@ -48,7 +48,6 @@ class PretrainConfig:
     warmup_steps: int = 150
     init_seed: int = 0
     order_seed: int = 1
-    hflip: bool = False  # no flips: left/right positions are captioned
 
 
 def _images_to_tensor(images: np.ndarray, mean: tuple, std: tuple) -> Tensor:
@@ -125,12 +124,13 @@ def pretrain(cfg: PretrainConfig, log_every: int = 250) -> tuple[dict[str, Tenso
 
 def write_weights(state: dict[str, Tensor], cfg: PretrainConfig, summary: dict, out: Path) -> dict:
     """Write ``out`` (safetensors, no time-dependent metadata) and ``out``.manifest.json beside it."""
+    # One metadata key: safetensors writes its metadata map in no fixed order, so two keys could
+    # give two byte streams (two checksums) for the same weights.
+    header = json.dumps(
+        {"arch": TINY_CLIP_ARCH, "world_version": cfg.world.as_dict()["world_version"]}, sort_keys=True
+    )
     with atomic_path(out) as tmp:
-        save_file(
-            state,
-            str(tmp),
-            metadata={"arch": TINY_CLIP_ARCH, "world_version": cfg.world.as_dict()["world_version"]},
-        )
+        save_file(state, str(tmp), metadata={"orthoreg": header})
     manifest = {
         "arch": TINY_CLIP_ARCH,
         "file": out.name,
