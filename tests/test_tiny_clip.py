@@ -56,7 +56,10 @@ def test_shipped_weights_match_their_manifest():
     assert manifest["config"]["world"] == WorldRecipe().as_dict()
 
 
-@pytest.mark.parametrize(("task", "chance"), [("Shapes", 0.2), ("Quadrants", 0.25)])
+@pytest.mark.parametrize(
+    ("task", "chance"),
+    [("Digits", 0.1), ("Shapes", 0.2), ("Colors", 1 / 6), ("Patterns", 0.25), ("Quadrants", 0.25)],
+)
 def test_shipped_tiny_clip_classifies_zero_shot(tiny_clip, cache_dir, task, chance):
     """Pre-training taught it the quickstart attributes: zero-shot well above chance."""
     assert zeroshot_accuracy(tiny_clip, task, cache_dir) >= chance + 0.2
