@@ -23,8 +23,7 @@ $(STAMP): pyproject.toml
 QUICKSTART_TASKS := digits,shapes,colors,patterns
 
 # θ0 is the tiny CLIP pre-trained on the CPU (shipped: orthoreg_pl/resources/pretrained/, rebuilt bit for bit
-# by `python -m orthoreg_pl.models.pretrain_tiny`); QUICKSTART_LAM is the λ of configs/experiment/quickstart_clip.yaml.
-QUICKSTART_LAM := 1.0
+# by `python -m orthoreg_pl.models.pretrain_tiny`); λ 1 (configs/experiment/quickstart_clip*.yaml) from its measured curve.
 
 # Re-running it skips finished runs and reports and resumes interrupted ones; `make clean` starts afresh.
 quickstart: setup
@@ -32,7 +31,7 @@ quickstart: setup
 	$(PY) merge.py -m experiment=quickstart_clip_addition mode=standard,standard_ortho
 	$(PY) merge.py -m experiment=quickstart_clip_negation mode=standard,standard_ortho
 	$(PY) -m orthoreg_pl.report runs/quickstart reports/quickstart
-	$(PY) merge.py experiment=quickstart_analysis model=tiny_clip ortho.lam=$(QUICKSTART_LAM)   # figures: reports/quickstart/analysis/.../report.md
+	$(PY) merge.py experiment=quickstart_clip_analysis   # figures: reports/quickstart/analysis/.../report.md
 
 # The quickstart-sized λ campaign: 4 tasks × (standard + standard_ortho at 3 λ), addition and negation,
 # summary in campaigns/quickstart/ (sweeps/README.md).

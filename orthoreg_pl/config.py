@@ -48,6 +48,14 @@ def campaign_hash(*, _root_: DictConfig) -> str:
     return identity_hash(campaign_settings(_root_))
 
 
+def resource(relative: str) -> str:
+    """``${resource:pretrained/x.safetensors}``: a file shipped in the package's resources folder, wherever
+    the package is installed (``paths.root_dir`` may point elsewhere)."""
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parent / "resources" / relative)
+
+
 def script_groups(kind: str) -> str:
     from orthoreg_pl.cli import script_groups as groups
 
@@ -62,6 +70,7 @@ def register_resolvers() -> None:
         ("report_hash", report_hash),
         ("campaign_hash", campaign_hash),
         ("script_groups", script_groups),
+        ("resource", resource),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -8,13 +8,17 @@ change a result, so the same run on 1 or 8 GPUs has one identity.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from orthoreg_pl.utils.io import sha256_file
 
 HASH_LENGTH = 10  # hex digits: 40 bits, collisions negligible for campaigns of thousands of runs
 
@@ -86,12 +90,29 @@ def _settings(
             if key in ignored.get(group, ()) or str(key).startswith("_"):
                 continue
             _flatten(f"{group}.{key}", _select(cfg, f"{group}.{key}"), settings)
+    if isinstance(settings.get("model.pretrained"), str):
+        settings["model.pretrained"] = weights_identity(settings["model.pretrained"])
     if lam:
         settings["ortho.lam"] = float(lam)
     for key in trainer_keys:
         settings[f"trainer.{key}"] = _select(cfg, f"trainer.{key}")
     settings["seed"] = _select(cfg, "seed")
     return dict(sorted(settings.items()))
+
+
+def weights_identity(pretrained: str) -> str:
+    """A weights file as its name and content hash (where it lies does not make another run, what it
+    holds does); an open_clip tag as itself."""
+    path = Path(pretrained)
+    if not path.is_file():
+        return pretrained
+    stat = path.stat()
+    return _file_identity(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_identity(path: str, size: int, mtime_ns: int) -> str:
+    return f"{Path(path).name}-sha256:{sha256_file(path)[:16]}"  # as models.pretrained_identity names θ0
 
 
 def identity_settings(cfg: DictConfig, lam: float) -> dict[str, Any]:

@@ -48,7 +48,6 @@ from orthoreg_pl.evaluation.protocols.analysis import (
     check_settings,
     mode_checksums,
     mode_specs,
-    validate_analysis,
 )
 from orthoreg_pl.penalties import ortho_penalty
 from orthoreg_pl.task_vectors import TaskVector, TaskVectorInfo, load_run
@@ -259,7 +258,14 @@ def test_analysis_settings_are_checked():
 
 
 @pytest.mark.parametrize(
-    "experiment", ["quickstart_analysis", "analysis_vitb32", "analysis_vitb16", "analysis_vitl14"]
+    "experiment",
+    [
+        "quickstart_analysis",
+        "quickstart_clip_analysis",
+        "analysis_vitb32",
+        "analysis_vitb16",
+        "analysis_vitl14",
+    ],
 )
 def test_analysis_experiments_compose_and_validate(experiment, tmp_path):
     from orthoreg_pl.validation import validate_merge
@@ -267,11 +273,11 @@ def test_analysis_experiments_compose_and_validate(experiment, tmp_path):
     cfg = compose_config([f"experiment={experiment}", f"paths.root_dir={tmp_path}"], config_name="merge")
     with open_dict(cfg):
         cfg.merge_method_name = "task_arithmetic"
-    validate_merge(cfg)
-    validate_analysis(cfg)  # what validate_merge could call for protocol=analysis
+    validate_merge(cfg)  # with protocol=analysis it runs validate_analysis
     resolved = OmegaConf.to_container(cfg.protocol, resolve=True)
     assert resolved["name"] == "analysis" and cfg.experiment_kind == "merge"
-    assert len(resolved["alphas"]) == 11 and resolved["objective"]["metric"] == "xi_mean"
+    grid = 5 if experiment.startswith("quickstart") else 11  # the quickstart keeps a CPU-sized ξ grid
+    assert len(resolved["alphas"]) == grid and resolved["objective"]["metric"] == "xi_mean"
     settings = check_settings(cfg)
     assert all(a in cfg.tasks and b in cfg.tasks for a, b in settings["pairs"])
     assert resolved["modes"][1] == {"mode": "standard_ortho", "lam": float(cfg.ortho.lam)}

@@ -194,3 +194,21 @@ def test_env_paths(monkeypatch, tmp_path):
     cfg = compose_config(["dataset=digits", f"paths.root_dir={PROJECT_ROOT}"])
     assert Path(cfg.paths.cache_dir) == tmp_path / "c" and Path(cfg.paths.data_root) == tmp_path / "d"
     assert cfg.data.cache_dir == str(tmp_path / "c")
+
+
+def test_a_weights_file_is_identified_by_its_content_not_its_place(tmp_path, paths):
+    """model.pretrained as a file: the run identity holds its name and sha256, so the same weights in two
+    checkouts are one run, and weights changed in place are another."""
+    from orthoreg_pl.config import run_hash
+
+    first, second = tmp_path / "a" / "w.safetensors", tmp_path / "b" / "w.safetensors"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(b"weights")
+
+    def identity(path):
+        return run_hash(_root_=compose_config(["experiment=quickstart", f"model.pretrained={path}", *paths]))
+
+    assert identity(first) == identity(second)
+    second.write_bytes(b"other weights")
+    assert identity(first) != identity(second)
