@@ -1,6 +1,6 @@
 """Benchmark: what the integrity checks and the merge-measured references add to a quickstart merge.
 
-In one run, on the quickstart runs of ``make quickstart`` (runs/quickstart, standard_ortho λ 0.1):
+In one run, on the quickstart runs of ``make quickstart`` (runs/quickstart: tiny CLIP, standard_ortho λ 1):
   merge        python merge.py experiment=quickstart_addition in this process, references cached;
   checks       each check on the same inputs, timed alone: the sha256 of every task vector against
                meta.json, the finite-value scan, the eval caches' pixel sha256 (first open in a
@@ -38,7 +38,7 @@ from orthoreg_pl.utils.tensors import check_finite
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = [
-    "experiment=quickstart_addition",
+    "experiment=quickstart_clip_addition",
     "mode=standard_ortho",
     "logger=none",
     "trainer.enable_progress_bar=false",
@@ -93,7 +93,7 @@ def main() -> None:
         warm, cold = statistics.median(warm_times), statistics.median(cold_times)
 
         runs = find_runs(
-            runs_dir, arch=cfg.model.arch, mode="standard_ortho", lam=0.1, tasks=list(cfg.tasks), seed=0
+            runs_dir, arch=cfg.model.arch, mode="standard_ortho", lam=1.0, tasks=list(cfg.tasks), seed=0
         )
         vectors = [d / "task_vector.safetensors" for d in runs.values()]
         metas = {d: read_meta(d) for d in runs.values()}
