@@ -32,6 +32,8 @@ USAGE = {
     "[ortho.lam=<λ>] [-m for a sweep]; python merge.py --help lists the options",
 }
 MULTIRUN_FLAGS = ("-m", "--multirun")
+# What a bad command line raises while composing and checking (Hydra raises ValueError for `group=null`).
+BAD_INPUT = (OrthoRegError, HydraException, OmegaConfBaseException, ValueError)
 MAX_CHECKED_JOBS = 512  # a larger basic-sweeper grid is checked on its first jobs; each job checks itself
 
 
@@ -117,12 +119,7 @@ def precheck(kind: str, argv: list[str] | None = None) -> None:
                 if len(jobs) > 1:
                     raise OrthoRegError(f"{err} (in the job {' '.join(overrides)})") from None
                 raise
-    except (
-        OrthoRegError,
-        HydraException,
-        OmegaConfBaseException,
-        ValueError,
-    ) as err:  # ValueError: Hydra on e.g. group=null
+    except BAD_INPUT as err:
         fail(kind, str(err))
     finally:
         GlobalHydra.instance().clear()
