@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from modes import AUTOCAST  # benchmarks/modes.py: precision name -> autocast dtype
 from PIL import Image
 
 from orthoreg_pl.data import TaskDataModule
 from orthoreg_pl.models import ImageClassifier, create_clip, preprocess_config
 from orthoreg_pl.modules import MODES
 
-AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 CLASSES = 47  # DTD's layout: 47 class folders
 
 

@@ -23,10 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from orthoreg_pl.errors import OrthoRegError, RunFailed, RunInterrupted
 from orthoreg_pl.sweep_summary import record_outcome
+from orthoreg_pl.validation import CONFIG_DIR, group_options
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiment"
+EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 COMMANDS = {
     "train": "python train.py",
     "merge": "python merge.py",
@@ -43,9 +44,7 @@ def experiment_kind(name: str) -> str | None:
 def script_groups(kind: str) -> str:
     """``${script_groups:train}``: the groups of configs/<kind>.yaml's defaults with their options, one
     per line, for the script's --help (experiments: only those of that script)."""
-    from orthoreg_pl.validation import group_options
-
-    defaults = OmegaConf.load(EXPERIMENT_DIR.parent / f"{kind}.yaml").get("defaults", [])
+    defaults = OmegaConf.load(CONFIG_DIR / f"{kind}.yaml").get("defaults", [])
     groups = [next(iter(d)) for d in defaults if OmegaConf.is_dict(d)]
     lines = []
     for group in [g for g in groups if g not in ("hydra", "experiment")] + ["experiment"]:

@@ -112,7 +112,7 @@ def weights_identity(pretrained: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _file_identity(path: str, size: int, mtime_ns: int) -> str:
-    return f"{Path(path).name}-sha256:{sha256_file(path)[:16]}"  # as models.pretrained_identity names θ0
+    return f"{Path(path).name}-sha256:{sha256_file(path)[:16]}"  # hashed once per file version and process
 
 
 def identity_settings(cfg: DictConfig, lam: float) -> dict[str, Any]:

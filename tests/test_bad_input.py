@@ -377,7 +377,7 @@ def test_subprocess_exit_status_and_nothing_left(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unexpected_error_is_one_line_unless_asked(tmp_path, monkeypatch):
+def test_unexpected_error_is_one_line_unless_asked(tmp_path, monkeypatch, capsys):
     """A bug (not bad input) is one line and exit 1; HYDRA_FULL_ERROR=1 shows its traceback."""
     from orthoreg_pl import cli
 
@@ -390,6 +390,10 @@ def test_unexpected_error_is_one_line_unless_asked(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as done:
         cli.run_or_exit(broken, cfg, root=tmp_path)
     assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "error: unexpected ZeroDivisionError: division by zero (HYDRA_FULL_ERROR=1 shows the traceback)"
+    ]
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(ZeroDivisionError):
         cli.run_or_exit(broken, cfg, root=tmp_path)

@@ -81,6 +81,9 @@ def test_cache_through_workers_and_sidecar(fake_data, tmp_path):
     assert meta["task"] == "GTSRB" and meta["split"] == "test" and meta["split_checksum"] == cached.checksum
     assert meta["shape"] == [15, 32, 32, 3] and "CenterCrop" in meta["transform"]
     assert cached.eval_cache_dir == tmp_path / "eval"
+    # the sha256 hashed while building is the one a later process verifies against the files
+    images = np.load(cached.test_set.images_path, mmap_mode="r")
+    assert meta["sha256"] == ec.contents_sha256(images, cached.test_set.labels)
 
 
 def test_batched_reads_equal_sample_by_sample(fake_data, tmp_path):

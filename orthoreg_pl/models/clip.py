@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.utils.io import sha256_file
+from orthoreg_pl.run_identity import weights_identity
 from orthoreg_pl.utils.safe_load import unsafe_pickle_message
 
 TINY_ARCH = "orthoreg-tiny-vit"
@@ -45,10 +45,9 @@ def pretrained_identity(pretrained: str | None, init_seed: int) -> str:
     """A string that names θ0: the open_clip tag, the weight file's name and content hash, or the init seed."""
     if pretrained is None:
         return f"random-init-seed{init_seed}"
-    path = Path(pretrained)
-    if path.is_file():  # two files of one name must not share cached heads or pass as the same θ0
-        return f"{path.name}-sha256:{sha256_file(path)[:16]}"
-    return pretrained
+    return weights_identity(
+        pretrained
+    )  # a file: name + sha256, so two files of one name never pass as one θ0
 
 
 def _resolve_pretrained(arch: str, pretrained: str | None) -> tuple[str | None, bool]:
