@@ -74,15 +74,22 @@ def test_linearized_gradients_reach_theta():
 
 
 def test_attention_routing_leaves_other_modes_unchanged():
-    """The math-attention switch is scoped to the JVP: ordinary forwards are bit-identical before and after."""
+    """The math-attention switch is scoped to the JVP: ordinary forwards are bit-identical before and after;
+    the lean model's own ordinary forward (fused attention kernel) differs only by rounding."""
+    import copy
+
     model = make_classifier().eval()
     fastpath = torch.backends.mha.get_fastpath_enabled()
     with torch.inference_mode():
         before = model(X)
-    LinearFineTuning(model)(X)
-    assert torch.backends.mha.get_fastpath_enabled() == fastpath
-    with torch.inference_mode():
-        assert torch.equal(model(X), before)
+    for lean_attention in (False, True):
+        cls = type("Linear", (LinearFineTuning,), {"lean_attention": lean_attention})
+        lean = cls(copy.deepcopy(model))
+        lean(X)
+        assert torch.backends.mha.get_fastpath_enabled() == fastpath
+        with torch.inference_mode():
+            assert torch.equal(model(X), before)
+            assert (lean.model(X) - before).abs().max() <= 1e-5
 
 
 def test_linear_modes_mark_tangent_space():
@@ -184,20 +191,25 @@ def test_penalty_at_initialisation_is_shape_formula(cls):
 
 
 def test_lean_jvp_rules_match_torch_and_keep_names():
-    """The lean LayerNorm/GELU forward-mode rules give torch's linearized outputs and gradients
-    (float64), keep parameter names, and leave the ordinary forward bit-identical."""
+    """The lean LayerNorm/GELU/attention forward-mode rules give torch's linearized outputs and gradients
+    (float64), keep parameter names, and leave the ordinary forward bit-identical (LayerNorm, GELU) or
+    equal to rounding (attention: the fused kernel instead of the MHA fast path)."""
     import copy
 
+    from orthoreg_pl.models.lean_attention import LeanAttention
     from orthoreg_pl.models.lean_jvp import LeanActivation, LeanLayerNorm, make_jvp_lean
 
     base = make_classifier().double()
     lean = make_jvp_lean(copy.deepcopy(base))
     assert any(isinstance(m, LeanLayerNorm) for m in lean.modules())
     assert any(isinstance(m, LeanActivation) for m in lean.modules())
+    assert sum(isinstance(m, LeanAttention) for m in lean.modules()) == len(base.visual.transformer.resblocks)
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in lean.modules())
     assert [n for n, _ in lean.named_parameters()] == [n for n, _ in base.named_parameters()]
     x = X.double()
     with torch.no_grad():
-        assert torch.equal(base(x), lean(x))
+        assert (base(x) - lean(x)).abs().max() <= 1e-12
+        assert torch.equal(base(x), make_jvp_lean(copy.deepcopy(base), attention=False)(x))
     theta0 = {n: p.detach().clone() for n, p in base.visual.named_parameters()}
     g = torch.Generator().manual_seed(1)
     delta = {n: 1e-2 * torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in theta0.items()}

@@ -1,11 +1,13 @@
-"""Lean forward-mode rules for LayerNorm and pointwise activations, for the linearized encoder.
+"""Lean forward-mode rules for LayerNorm, pointwise activations and attention, for the linearized encoder.
 
 Training a linearized model runs reverse mode through a JVP. With torch's built-in rules, autograd
 keeps three [B, T, D] tensors per LayerNorm and both the primal and the tangent per activation for
 that backward pass. The tangent of these layers is linear in the incoming tangent with coefficients
 that depend only on the primal (θ0 and the input, which need no gradient), so these rules compute
 the coefficients without a graph and keep one tensor each: x̂ for LayerNorm, f'(x) for an activation.
-The primal forward is the same call as before, so f(θ0; x) is unchanged bit for bit.
+The primal forward of LayerNorm and activations is the same call as before, bit for bit; attention's
+is the fused kernel ``nn.MultiheadAttention`` reaches when it builds a graph (its no-grad fast path
+differs only by rounding).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from orthoreg_pl.models.lean_attention import LeanAttention
+from orthoreg_pl.models.lean_attention import can_replace as can_replace_attention
 
 
 def _grad_wrt(fn, inputs: list[Tensor | None], grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -126,13 +131,16 @@ class LeanActivation(nn.Module):
         return _Pointwise.apply(x, self.activation, self.slope)
 
 
-def make_jvp_lean(module: nn.Module) -> nn.Module:
-    """Swap every LayerNorm and GELU-like activation of ``module`` for its lean wrapper, in place."""
+def make_jvp_lean(module: nn.Module, attention: bool = True) -> nn.Module:
+    """Swap every LayerNorm, GELU-like activation and (``attention``) self-attention of ``module`` for
+    its lean wrapper (attention: :mod:`orthoreg_pl.models.lean_attention`), in place."""
     for name, child in list(module.named_children()):
-        if isinstance(child, nn.LayerNorm):
+        if attention and can_replace_attention(child):
+            setattr(module, name, LeanAttention(child))
+        elif isinstance(child, nn.LayerNorm):
             setattr(module, name, LeanLayerNorm(child))
         elif isinstance(child, nn.GELU) or type(child).__name__ == "QuickGELU":
             setattr(module, name, LeanActivation(child))
         else:
-            make_jvp_lean(child)
+            make_jvp_lean(child, attention)
     return module

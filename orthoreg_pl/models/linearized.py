@@ -2,8 +2,9 @@
 
 f_lin(θ; x) = f(θ0; x) + J_θ f(θ0; x)·(θ − θ0), computed with one forward-mode JVP. Forward-mode AD
 has no rule for torch's fused multi-head-attention fast path nor for the flash / memory-efficient
-SDPA kernels, so attention goes through the math path inside the JVP only (:func:`math_attention`);
-every other forward keeps the kernels it had.
+SDPA kernels. A module made lean (:func:`orthoreg_pl.models.lean_jvp.make_jvp_lean`) carries its own
+attention rule and keeps the fused kernels; otherwise attention goes through the math path inside
+the JVP only (:func:`math_attention`), and every other forward keeps the kernels it had.
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ def linearized_forward(module: nn.Module, theta0: Mapping[str, Tensor], inputs: 
     def f(p: dict[str, Tensor]) -> Tensor:
         return functional_call(module, p, (inputs,))
 
-    with math_attention():
+    with jvp_attention(module):
         output, directional = jvp(f, (primals,), (tangents,))
     return output + directional
+
+
+def has_plain_attention(module: nn.Module) -> bool:
+    """Whether ``module`` holds attention without its own forward-mode rule (see lean_attention)."""
+    return any(
+        isinstance(m, nn.MultiheadAttention) or type(m).__name__ == "Attention" for m in module.modules()
+    )
+
+
+def jvp_attention(module: nn.Module) -> contextlib.AbstractContextManager:
+    """The attention setting a JVP through ``module`` needs: the math path unless every attention is lean."""
+    return math_attention() if has_plain_attention(module) else contextlib.nullcontext()

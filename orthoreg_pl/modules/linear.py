@@ -3,8 +3,9 @@
 θ (all image-tower parameters) trains from θ0; the encoder is f(θ0; x) + J f(θ0; x)·(θ − θ0). θ0 is
 the base module's non-persistent buffers, so nothing is copied per step. The task vector θ − θ0
 lives in tangent space and is evaluated with the same linearized forward. LayerNorms and activations
-use the lean forward-mode rules of :mod:`orthoreg_pl.models.lean_jvp` (same values, about a third
-less activation memory kept for the backward pass).
+use the lean forward-mode rules of :mod:`orthoreg_pl.models.lean_jvp`, attention that of
+:mod:`orthoreg_pl.models.lean_attention` (same values; less activation memory kept for the backward
+pass, and the primal keeps torch's fused attention kernels).
 """
 
 from torch import Tensor
@@ -20,9 +21,11 @@ _PREFIX = "visual."
 class LinearFineTuning(FineTuneModule):
     mode = "linear"
     task_vector_space = "tangent"
+    lean_attention = True  # False: attention by torch's math path inside the JVP (the benchmarks' baseline)
 
     def __init__(self, model: ImageClassifier, **kwargs) -> None:
-        make_jvp_lean(model.visual)  # same parameters and primal numbers; less kept for the backward pass
+        # same parameters and primal numbers; less kept for the backward pass; fused attention kernels
+        make_jvp_lean(model.visual, attention=self.lean_attention)
         super().__init__(model, **kwargs)
 
     def forward(self, images: Tensor) -> Tensor:
