@@ -8,8 +8,9 @@ times the penalty alone (forward + backward, the cost benchmarks/penalty.py meas
 ``--precision bf16-mixed`` (or 16-mixed) runs the forward and the loss under autocast as Lightning's
 mixed-precision plugin does (16-mixed with a gradient scaler); the first step's loss of every mode is
 printed so a mixed-precision run can be compared with a 32-true one.
-``--modes ... linear@math-attention`` adds the linearized step with attention on torch's math path
-(the path before :mod:`orthoreg_pl.models.lean_attention`) as a baseline in the same run.
+Baselines in the same run (``--modes standard linear linear@math-attention standard@tf32``):
+``@math-attention`` runs a linear mode with attention on torch's math path inside the JVP (the path
+before :mod:`orthoreg_pl.models.lean_attention`); ``@tf32`` at float32 matmul precision ``high``.
 Random init, no download: ``python benchmarks/modes.py [--archs orthoreg-tiny-vit ViT-B-32] [--batch 128]
 [--precision 32-true|bf16-mixed|16-mixed]``.
 """
@@ -69,28 +70,33 @@ def saved_for_backward_bytes(fn) -> int:
 AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
-MATH_ATTENTION = "@math-attention"  # suffix of a linear mode: its JVP takes torch's math attention path
+VARIANTS = {  # mode@variant: a baseline measured in the same run as the modes it is compared with
+    "math-attention": "linear modes: attention by torch's math path inside the JVP (before lean_attention)",
+    "tf32": "float32 matmuls at matmul precision 'high' (TF32 on a GPU), as trainer.matmul_precision=high",
+}
 
 
-def mode_class(mode: str) -> type:
-    """The module class of ``mode``; ``linear@math-attention`` (or ``linear_ortho@...``) is that mode
-    with attention left to torch's math path inside the JVP, the way it ran before lean_attention."""
+def mode_variant(mode: str) -> tuple[type, str]:
+    """(module class, float32 matmul precision) of ``mode`` or ``mode@variant`` (see VARIANTS)."""
     name, _, variant = mode.partition("@")
+    if variant and variant not in VARIANTS:
+        raise SystemExit(f"unknown variant @{variant} in {mode}; expected one of {sorted(VARIANTS)}")
     cls = MODES[name]
-    if variant:
+    if variant == "math-attention":
         cls = type(cls.__name__ + "MathAttention", (cls,), {"lean_attention": False})
-    return cls
+    return cls, "high" if variant == "tf32" else "highest"
 
 
 def worker(
     arch: str, mode: str, batch: int, steps: int, device: torch.device, precision: str = "32-true"
 ) -> dict:
+    cls, matmul_precision = mode_variant(mode)
+    torch.set_float32_matmul_precision(matmul_precision)
     baseline = _rss_bytes()
     torch.manual_seed(0)
     clip = create_clip(arch, None)
     size = clip.visual.image_size[0] if isinstance(clip.visual.image_size, tuple) else clip.visual.image_size
     head = F.normalize(torch.randn(10, clip.visual.output_dim), dim=-1) * 100
-    cls = mode_class(mode)
     module = cls(ImageClassifier(clip.visual, head), lam=1.0 if cls.uses_penalty else 0.0).to(device)
     del clip
     params = [p for p in module.parameters() if p.requires_grad]

@@ -17,9 +17,9 @@ import argparse
 import statistics
 import time
 
-import open_clip
 import torch
 
+from orthoreg_pl.models import create_clip
 from orthoreg_pl.penalties import ortho_penalty_of, ortho_penalty_per_matrix
 from orthoreg_pl.penalties.ortho import uses_row_gram
 
@@ -29,7 +29,7 @@ def vit_weights(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """(W on device with grad, W0 on device, W0 on the CPU) for every 2-D weight of the image tower."""
     torch.manual_seed(0)
-    visual = open_clip.create_model(arch).visual
+    visual = create_clip(arch).visual  # open_clip's model; the project's tiny configs registered too
     w0_cpu = [p.detach().clone() for p in visual.parameters() if p.ndim == 2]
     w0_dev = [w.to(device) for w in w0_cpu]
     weights = [(w + 0.01 * torch.randn_like(w)).requires_grad_() for w in w0_dev]
