@@ -36,8 +36,12 @@ _IGNORED = {
         "eval_batch_size",
         "eval_cache",
         "eval_cache_dir",
+        "train_cache_dir",
     },
 }
+# Settings added after runs were made, left out at the value that reproduces those runs, so their
+# identities (and folders) stay what they were: data.train_cache=false is the reference data path.
+_LEFT_OUT_AT = {"data.train_cache": False}
 # The few trainer settings that change what is trained or measured; the rest is infrastructure.
 TRAINER_KEYS = (
     "precision",
@@ -61,6 +65,7 @@ MERGE_SELECTABLE = (
     "data.split_seed",
     "data.train_scale",
     "data.preprocess_overrides",
+    "data.train_cache",
 )
 
 
@@ -90,6 +95,9 @@ def _settings(
             if key in ignored.get(group, ()) or str(key).startswith("_"):
                 continue
             _flatten(f"{group}.{key}", _select(cfg, f"{group}.{key}"), settings)
+    for key, value in _LEFT_OUT_AT.items():
+        if key in settings and settings[key] is value:
+            del settings[key]
     if isinstance(settings.get("model.pretrained"), str):
         settings["model.pretrained"] = weights_identity(settings["model.pretrained"])
     if lam:

@@ -145,6 +145,7 @@ def _data_rules() -> list[Rule]:
         Rule("data.split_seed", integer(), "an integer"),
         Rule("data.train_scale", _scale_range, "[low, high] with 0 < low <= high <= 1 (RandomResizedCrop scale)"),
         Rule("data.eval_cache", boolean, "true or false"),
+        Rule("data.train_cache", boolean, "true or false"),
         Rule("data.skip_corrupt_images", boolean, "true or false"),
         Rule("data.preprocess_overrides", lambda v: v is None or set(v) <= set(PREPROCESS_KEYS),
              f"keys among {', '.join(PREPROCESS_KEYS)}"),

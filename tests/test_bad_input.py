@@ -62,6 +62,7 @@ COMMAND_LINE_CASES = [
     ("size-zero", "train", ["data.preprocess_overrides.size=0"], ["size=0"]),
     ("preprocess-key", "train", ["+data.preprocess_overrides.gamma=2"], ["gamma", "keys among"]),
     ("eval-cache-word", "train", ["data.eval_cache=maybe"], ["data.eval_cache='maybe'", "true or false"]),
+    ("train-cache", "train", ["data.train_cache=notabool"], ["data.train_cache='notabool'", "true or false"]),
     ("lora-rank", "train", ["mode=lora_attn", "mode.module.rank=0"], ["mode.module.rank=0", "LoRA rank"]),
     ("lora-alpha", "train", ["mode=lora_attn", "mode.module.alpha=0"], ["mode.module.alpha=0", "> 0"]),
     ("penalty-norm", "train", ["ortho.norm=l1"], ["ortho.norm='l1'", "fro_squared"]),

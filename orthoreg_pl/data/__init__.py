@@ -19,6 +19,7 @@ from orthoreg_pl.data.layouts import LAYOUTS, TASKS, Layout
 from orthoreg_pl.data.quickstart import QUICKSTART_CONTROL, QUICKSTART_TASKS
 from orthoreg_pl.data.registry import TaskData, TaskSpec, get_task, load_task, register_task, task_names
 from orthoreg_pl.data.splits import carve_validation, split_checksum
+from orthoreg_pl.data.train_cache import CachedTrainDataset, train_cache_dataset
 
 __all__ = [
     "LAYOUTS",
@@ -26,6 +27,7 @@ __all__ = [
     "QUICKSTART_TASKS",
     "TASKS",
     "CachedEvalDataset",
+    "CachedTrainDataset",
     "CorruptImageError",
     "ImageFiles",
     "Layout",
@@ -42,4 +44,5 @@ __all__ = [
     "register_task",
     "split_checksum",
     "task_names",
+    "train_cache_dataset",
 ]

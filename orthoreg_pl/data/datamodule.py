@@ -1,8 +1,7 @@
-"""The Lightning DataModule: one task, the split rule, open_clip's preprocessing, the eval cache."""
+"""The Lightning DataModule: one task, the split rule, open_clip's preprocessing, the eval and train caches."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -15,8 +14,15 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 from orthoreg_pl.data.eval_cache import CachedBatches, CachedEvalDataset, eval_cache_dataset
 from orthoreg_pl.data.files import fetch
 from orthoreg_pl.data.registry import TaskData, load_task
-from orthoreg_pl.data.sampler import ResumableSampler, UnpaddedDistributedSampler
+from orthoreg_pl.data.sampler import ResumableSampler, UnpaddedDistributedSampler, sample_seed
 from orthoreg_pl.data.splits import carve_validation, split_checksum
+from orthoreg_pl.data.train_cache import (
+    CachedTrainDataset,
+    CropBatch,
+    augment,
+    collate_crops,
+    train_cache_dataset,
+)
 from orthoreg_pl.errors import OrthoRegError
 
 PREPROCESS_KEYS = ("size", "mean", "std", "interpolation", "resize_mode")
@@ -54,12 +60,6 @@ class TransformedDataset(Dataset):
             return self.transform(image), int(label)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for one sample's augmentation in one epoch."""
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 def clip_transforms(
     preprocess: dict, train_scale: tuple[float, float] = (0.9, 1.0)
 ) -> tuple[Callable, Callable]:
@@ -84,9 +84,12 @@ class TaskDataModule(L.LightningDataModule):
     ``preprocess_overrides`` that are not None replace the model's (``data.preprocess_overrides.size=256``).
 
     ``eval_cache``: val and test images are decoded, resized and cropped once into a memory-mapped file
-    under ``eval_cache_dir`` (default ``cache_dir/eval``) and read from it afterwards (eval_cache.py);
-    training data is never cached. ``skip_corrupt_images``: an unreadable image is skipped with a
-    logged warning instead of stopping the run with its path.
+    under ``eval_cache_dir`` (default ``cache_dir/eval``) and read from it afterwards (eval_cache.py).
+    ``train_cache`` (default off: the reference path): training images are decoded once into a
+    memory-mapped file under ``train_cache_dir`` (default ``cache_dir/train``); the workers yield uint8
+    images and the crop of each sample, and ``on_after_batch_transfer`` crops, resizes and normalises
+    the batch on the device (train_cache.py). ``skip_corrupt_images``: an unreadable image is skipped
+    with a logged warning instead of stopping the run with its path.
     """
 
     def __init__(
@@ -105,6 +108,8 @@ class TaskDataModule(L.LightningDataModule):
         eval_cache_dir: str | Path | None = None,
         skip_corrupt_images: bool = False,
         seed: int = 0,
+        train_cache: bool = False,
+        train_cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.seed = int(seed)  # the training order and augmentation (ResumableSampler)
@@ -117,9 +122,12 @@ class TaskDataModule(L.LightningDataModule):
         self.preprocess_overrides = _plain_overrides(preprocess_overrides or {})
         self.eval_cache = bool(eval_cache)
         self.eval_cache_dir = Path(eval_cache_dir) if eval_cache_dir else self.cache_dir / "eval"
+        self.train_cache = bool(train_cache)
+        self.train_cache_dir = Path(train_cache_dir) if train_cache_dir else self.cache_dir / "train"
         self.skip_corrupt_images = bool(skip_corrupt_images)
         self._task_data: TaskData | None = None
         self.train_set = self.val_set = self.test_set = None
+        self._train_source: tuple[Dataset, Callable] | None = None  # (training split, train transform)
         self.checksum: str | None = None
 
     @property
@@ -170,24 +178,43 @@ class TaskDataModule(L.LightningDataModule):
                 return cached
         return TransformedDataset(source, transform, self.skip_corrupt_images)
 
+    def _train_set(self, source: Dataset, transform: Callable, checksum: str) -> Dataset:
+        if self.train_cache:
+            return train_cache_dataset(
+                task=self.task,
+                dataset=source,
+                transform=transform,
+                checksum=checksum,
+                cache_dir=self.train_cache_dir,
+                seed=self.seed,
+                num_workers=self.num_workers,
+                skip_corrupt=self.skip_corrupt_images,
+            )
+        return TransformedDataset(source, transform, self.skip_corrupt_images, self.seed)
+
     def prepare_data(self) -> None:
-        """Build the eval caches once per node (Lightning runs this on local rank 0 before setup)."""
-        if self.eval_cache and self.preprocess is not None and self.val_set is None:
-            _, eval_tf = clip_transforms(self.resolved_preprocess(), self.train_scale)
-            _, val, test, checksum = self.splits()
+        """Build the caches once per node (Lightning runs this on local rank 0 before setup)."""
+        if not (self.eval_cache or self.train_cache) or self.preprocess is None or self.val_set is not None:
+            return
+        train_tf, eval_tf = clip_transforms(self.resolved_preprocess(), self.train_scale)
+        train, val, test, checksum = self.splits()
+        if self.train_cache:
+            self._train_set(train, train_tf, checksum)
+        if self.eval_cache:
             self._eval_set("val", val, eval_tf, checksum)
             self._eval_set("test", test, eval_tf, checksum)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        train_tf, eval_tf = clip_transforms(self.resolved_preprocess(), self.train_scale)
-        train, val, test, self.checksum = self.splits()
-        self.train_set = TransformedDataset(
-            train, train_tf, self.skip_corrupt_images, self.seed
-        )  # never cached
-        self.val_set = self._eval_set("val", val, eval_tf, self.checksum)
-        self.test_set = self._eval_set("test", test, eval_tf, self.checksum)
+        """The three splits; with ``train_cache``, the training one only when fitting (an evaluation, such
+        as a merge's, never decodes the training images)."""
+        if self.val_set is None:
+            train_tf, eval_tf = clip_transforms(self.resolved_preprocess(), self.train_scale)
+            train, val, test, self.checksum = self.splits()
+            self._train_source = (train, train_tf)
+            self.val_set = self._eval_set("val", val, eval_tf, self.checksum)
+            self.test_set = self._eval_set("test", test, eval_tf, self.checksum)
+        if self.train_set is None and (not self.train_cache or stage in (None, "fit")):
+            self.train_set = self._train_set(*self._train_source, self.checksum)
 
     def per_process_batch(self) -> int:
         """``batch_size`` is the global batch of one forward pass over all processes (the recipe's 128):
@@ -210,7 +237,20 @@ class TaskDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            collate_fn=collate_crops if isinstance(self.train_set, CachedTrainDataset) else None,
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """A cached training batch (uint8 images and crop tables, on the device now) becomes what the
+        reference path yields: crops resized and normalised, batched on the device, then the precision
+        plugin's input conversion the reference batch got before its transfer. Other batches (eval,
+        already normalised by the eval cache or the workers) pass unchanged."""
+        if not isinstance(batch, CropBatch):
+            return batch
+        images, labels = augment(batch, self.train_set.spec)
+        if self.trainer is not None:
+            return self.trainer.precision_plugin.convert_input([images, labels])
+        return [images, labels]
 
     def state_dict(self) -> dict[str, int]:
         """Where training stands in its epoch, saved in every checkpoint: (epoch, samples of the epoch trained

@@ -230,15 +230,28 @@ def _read_complete(paths: tuple[Path, Path, Path], key: str) -> np.ndarray | Non
         return None
     if meta.get("key") != key or images.shape[0] != len(labels) or list(images.shape) != meta.get("shape"):
         return None
-    recorded = meta.get("sha256")
-    if (str(images_path), recorded) not in _VERIFIED:
-        if recorded != contents_sha256(images, labels):
-            raise OrthoRegError(
-                f"eval cache {images_path} does not match the sha256 its sidecar {meta_path.name} recorded "
-                "when it was built (the file changed since); delete both files and the cache is rebuilt"
-            )
-        _VERIFIED.add((str(images_path), recorded))
+    verify_once(
+        "eval cache", images_path, meta_path, meta.get("sha256"), lambda: contents_sha256(images, labels)
+    )
     return labels
+
+
+def verify_once(what: str, path: Path, sidecar: Path, recorded: object, digest: Callable[[], str]) -> None:
+    """Compare ``digest()`` (the contents' sha256) with what ``sidecar`` recorded when ``path`` was built,
+    once per process and file version: a cache changed after it was built is refused, naming the file."""
+    if (str(path), recorded) in _VERIFIED:
+        return
+    if recorded != digest():
+        raise OrthoRegError(
+            f"{what} {path} does not match the sha256 its sidecar {sidecar.name} recorded when it was built "
+            f"(the file changed since); delete {path.name.split('.')[0]}.* in {path.parent} and the cache is rebuilt"
+        )
+    _VERIFIED.add((str(path), recorded))
+
+
+def mark_verified(path: Path, checksum: str) -> None:
+    """A file this process has just written and hashed needs no second read."""
+    _VERIFIED.add((str(path), checksum))
 
 
 def contents_sha256(images: np.ndarray, labels: np.ndarray, rows: int = 256) -> str:
@@ -283,7 +296,7 @@ def _build(
         np.save(f, labels)
     digest.update(np.ascontiguousarray(labels, dtype=np.int64).data)
     checksum = digest.hexdigest()
-    _VERIFIED.add((str(images_path), checksum))
+    mark_verified(images_path, checksum)
     write_json(meta_path, {**meta, "shape": [n, *first.shape], "sha256": checksum})  # last: marks completion
     return labels
 

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample's augmentation in one epoch."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def _world() -> tuple[int, int]:
