@@ -40,11 +40,13 @@ _IGNORED = {
     },
 }
 # Settings added after runs were made, left out at the value that reproduces those runs, so their
-# identities (and folders) stay what they were: data.train_cache=false is the reference data path.
-_LEFT_OUT_AT = {"data.train_cache": False}
+# identities (and folders) stay what they were: data.train_cache=false is the reference data path,
+# trainer.matmul_precision=highest the exact float32 matmuls every earlier run used.
+_LEFT_OUT_AT = {"data.train_cache": False, "trainer.matmul_precision": "highest"}
 # The few trainer settings that change what is trained or measured; the rest is infrastructure.
 TRAINER_KEYS = (
     "precision",
+    "matmul_precision",
     "accumulate_grad_batches",
     "gradient_clip_val",
     "gradient_clip_algorithm",
@@ -95,15 +97,15 @@ def _settings(
             if key in ignored.get(group, ()) or str(key).startswith("_"):
                 continue
             _flatten(f"{group}.{key}", _select(cfg, f"{group}.{key}"), settings)
-    for key, value in _LEFT_OUT_AT.items():
-        if key in settings and settings[key] is value:
-            del settings[key]
     if isinstance(settings.get("model.pretrained"), str):
         settings["model.pretrained"] = weights_identity(settings["model.pretrained"])
     if lam:
         settings["ortho.lam"] = float(lam)
     for key in trainer_keys:
         settings[f"trainer.{key}"] = _select(cfg, f"trainer.{key}")
+    for key, value in _LEFT_OUT_AT.items():
+        if key in settings and type(settings[key]) is type(value) and settings[key] == value:
+            del settings[key]
     settings["seed"] = _select(cfg, "seed")
     return dict(sorted(settings.items()))
 
@@ -136,7 +138,7 @@ def identity_settings(cfg: DictConfig, lam: float) -> dict[str, Any]:
 # grid, threshold, control), on which tasks, and at which evaluation precision.
 _MERGE_GROUPS = ("model", "mode", "ortho", "optim", "data", "merge_method", "protocol")
 _MERGE_IGNORED = {**_IGNORED, "data": _IGNORED["data"] | {"batch_size"}, "protocol": {"objective"}}
-_MERGE_TRAINER_KEYS = ("precision", "limit_val_batches", "limit_test_batches")
+_MERGE_TRAINER_KEYS = ("precision", "matmul_precision", "limit_val_batches", "limit_test_batches")
 
 
 def report_settings(cfg: DictConfig, lam: float) -> dict[str, Any]:

@@ -201,6 +201,7 @@ def _train(cfg: DictConfig, run_dir: Path, lam: float, identity: dict, previous:
             },
             "seed": int(cfg.seed),
             "precision": str(trainer.precision),
+            "matmul_precision": torch.get_float32_matmul_precision(),  # set by the Trainer's config
             "accuracy": {"zeroshot": None, "finetuned": None},
         },
     )

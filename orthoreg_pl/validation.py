@@ -113,10 +113,18 @@ def _precisions() -> tuple[str, ...]:
     return (*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS))  # 32 is taken as "32"
 
 
+MATMUL_PRECISIONS = (
+    "highest",
+    "high",
+    "medium",
+)  # torch.set_float32_matmul_precision (orthoreg_pl/trainer.py)
+
+
 def _trainer_rules() -> list[Rule]:
     precisions = _precisions()
     return [
         Rule("trainer.precision", lambda v: str(v) in precisions, f"one of {', '.join(precisions)}"),
+        Rule("trainer.matmul_precision", choice(MATMUL_PRECISIONS), "highest, high or medium"),
         Rule("trainer.accelerator", choice(("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
              "auto, cpu, gpu, cuda, mps or tpu"),
         Rule("trainer.devices", _devices, "a number of devices >= 1, -1 (all), 'auto' or a list of device ids"),

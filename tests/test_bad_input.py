@@ -68,6 +68,18 @@ COMMAND_LINE_CASES = [
     ("penalty-norm", "train", ["ortho.norm=l1"], ["ortho.norm='l1'", "fro_squared"]),
     ("penalty-gram", "train", ["ortho.gram=rows"], ["ortho.gram='rows'", "min_side"]),
     ("precision", "train", ["trainer.precision=fp8"], ["trainer.precision='fp8'", "bf16-mixed"]),
+    (
+        "matmul-precision",
+        "train",
+        ["trainer.matmul_precision=tf32"],
+        ["trainer.matmul_precision='tf32'", "highest"],
+    ),
+    (
+        "matmul-precision-merge",
+        "merge",
+        ["trainer.matmul_precision=fast"],
+        ["'fast'", "highest, high or medium"],
+    ),
     ("devices-zero", "train", ["trainer.devices=0"], ["trainer.devices=0"]),
     ("accelerator", "train", ["trainer.accelerator=quantum"], ["trainer.accelerator='quantum'", "cuda"]),
     ("max-steps", "train", ["trainer.max_steps=0"], ["trainer.max_steps=0"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -57,6 +58,7 @@ class MergeEvaluator:
             cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, use_distributed_sampler=False
         )
         self.precision = str(self.trainer.precision)
+        self.matmul_precision = torch.get_float32_matmul_precision()  # set by the Trainer's config
         self.device_type = self.trainer.strategy.root_device.type
         self.references = ReferenceCache(Path(cfg.paths.cache_dir) / "references", self)
 

@@ -163,6 +163,7 @@ def run_merge(cfg: DictConfig) -> dict:
         "inputs": inputs,
         "split_checksums": evaluator.checksums,
         "precision": evaluator.precision,
+        "matmul_precision": evaluator.matmul_precision,
         **body,
         "reference_check": cross_check(body["references"], vectors, float(cfg.reference_tolerance)),
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -37,6 +37,7 @@ def reference_key(evaluator: MergeEvaluator, task: str, split: str, vector: Task
         "split_checksum": evaluator.checksums[task],
         "preprocess": evaluator.preprocess[task],
         "precision": evaluator.precision,
+        "matmul_precision": evaluator.matmul_precision,
         "device": evaluator.device_type,
         "weights": "θ0" if vector is None else f"θ0+τ {vector.info.space} sha256:{vector.info.checksum}",
     }

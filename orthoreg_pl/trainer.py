@@ -1,0 +1,28 @@
+"""The Lightning Trainer as ``configs/trainer`` builds it, plus the one torch setting a Trainer lacks.
+
+``matmul_precision`` is torch's float32 matmul precision (``torch.set_float32_matmul_precision``):
+``highest`` keeps float32 matmuls exact (the reference's numbers, the default); ``high`` lets an
+Ampere-or-newer GPU use TF32 tensor cores for float32 matmuls and convolutions (about 10 significant
+bits instead of 23); ``medium`` also allows bf16 internally. It only matters under ``precision=32-true``
+(under bf16-mixed the autocast matmuls are bf16 already) and on GPUs: a CPU computes float32 either
+way. Set per process, so every DDP rank and every merge gets it; it is part of a run's identity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from orthoreg_pl.validation import MATMUL_PRECISIONS
+
+
+def make_trainer(matmul_precision: str = "highest", **trainer_kwargs: Any) -> L.Trainer:
+    """Set torch's float32 matmul precision for this process, then build the Trainer."""
+    if matmul_precision not in MATMUL_PRECISIONS:
+        raise ValueError(
+            f"trainer.matmul_precision={matmul_precision!r}; expected one of {MATMUL_PRECISIONS}"
+        )
+    torch.set_float32_matmul_precision(matmul_precision)
+    return L.Trainer(**trainer_kwargs)
