@@ -5,9 +5,12 @@
 #   SUITE_SMOKE=1 bash benchmarks/gpu_suite.sh /tmp/s   (CPU, tiny sizes: checks that every step runs)
 #
 # Steps, most wanted first; each has its own time limit and the suite stops starting new ones once
-# SUITE_BUDGET_S (default 360) would be passed, naming what it skipped, so it always fits its budget:
+# SUITE_BUDGET_S (default 360) would be passed, naming what it skipped, so it always fits its budget
+# (estimated from earlier H200 runs, ~19 s per ViT-B-32 mode and ~33 s per ViT-L-14 mode: steps 1-4
+# fit in 6 minutes, step 5 runs only if time is left, or with SUITE_BUDGET_S=480):
 #   1 modes_vitb32_bf16   benchmarks/modes.py, ViT-B-32, bf16-mixed, batch 128: standard, standard_ortho,
-#                         linear, linear_ortho and linear@math-attention (the JVP before lean_attention)
+#                         standard_ortho@late-penalty (penalty after the forward, as before), linear and
+#                         linear@math-attention (the JVP before lean_attention)
 #   2 modes_vitl14_fp32   ViT-L-14, 32-true, batch 128: standard, standard_ortho, linear,
 #                         linear@math-attention (the linearized targets: <= 1.6x time, <= 1.3x memory)
 #   3 penalty             benchmarks/penalty.py on ViT-B-32 and ViT-L-14 (ours / plain / per-matrix floor)
@@ -73,7 +76,7 @@ step() {
 }
 
 step modes_vitb32_bf16 110 "$PY" modes.py --archs "$B32" --batch "$BATCH" $STEPS $DEVICE --precision bf16-mixed \
-    --modes standard standard_ortho linear linear_ortho linear@math-attention
+    --modes standard standard_ortho standard_ortho@late-penalty linear linear@math-attention
 step modes_vitl14_fp32 130 "$PY" modes.py --archs "$L14" --batch "$BATCH" $STEPS $DEVICE --precision 32-true \
     --modes standard standard_ortho linear linear@math-attention
 step penalty 60 bash -c "'$PY' penalty.py --arch '$B32' $REPS $DEVICE && '$PY' penalty.py --arch '$L14' $REPS $DEVICE"

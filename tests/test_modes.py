@@ -232,3 +232,31 @@ def test_quick_gelu_slope():
     x = torch.linspace(-4, 4, 101, dtype=torch.float64, requires_grad=True)
     (want,) = torch.autograd.grad((x * torch.sigmoid(1.702 * x)).sum(), x)
     assert torch.allclose(quick_gelu_slope(x.detach()), want, atol=1e-12)
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_penalty_backward_runs_after_the_forward_graph_when_computed_first(early):
+    """step_losses computes the penalty before the forward (unless FSDP), so autograd runs its backward
+    last, after the patch embedding's (the last node of the cross-entropy's backward): its gradients are
+    not held through the backward pass. The gradients are the same bits either way."""
+    torch.manual_seed(0)
+    cls = type("Ortho", (MODES["standard_ortho"],), {"penalty_before_forward": early})
+    module = cls(make_classifier(), lam=1.0)
+    with torch.no_grad():  # off θ0, so the penalty has a gradient
+        for p in module.model.parameters():
+            p.add_(1e-2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    order = []
+    loss_ce, penalty = module.step_losses(X, torch.arange(len(X)) % 5, penalize=True)
+    penalty.grad_fn.register_hook(lambda *_: order.append("penalty"))
+    module.model.visual.conv1.weight.register_hook(lambda g: order.append("patch embedding"))
+    (loss_ce + penalty).backward()
+    assert order == (["patch embedding", "penalty"] if early else ["penalty", "patch embedding"])
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    module.zero_grad()
+    with torch.no_grad():
+        late_ce = torch.nn.functional.cross_entropy(module(X), torch.arange(len(X)) % 5)
+    assert torch.equal(late_ce, loss_ce.detach())
+    module.penalty_before_forward = not early
+    loss_ce, penalty = module.step_losses(X, torch.arange(len(X)) % 5, penalize=True)
+    (loss_ce + penalty).backward()
+    assert all(torch.equal(grads[n], p.grad) for n, p in module.named_parameters() if p.grad is not None)
