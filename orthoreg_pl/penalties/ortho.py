@@ -58,8 +58,17 @@ def shape_groups(shapes: Sequence[Sequence[int]]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _stack(tensors: Sequence[Tensor], index: list[int]) -> Tensor:
-    return torch.stack([tensors[i] for i in index])
+def _stack(tensors: Sequence[Tensor], index: list[int], bases: Sequence[Tensor] = ()) -> Tensor:
+    """The matrices ``index`` of ``tensors`` (minus their ``bases``) as one [B, r, c] batch, each
+    difference written straight into its slot: one pass over W and W0 instead of two stacks and a
+    subtraction."""
+    if not bases:
+        return torch.stack([tensors[i] for i in index])
+    first = tensors[index[0]]
+    out = first.new_empty((len(index), *first.shape))
+    for slot, i in zip(out, index):
+        torch.sub(tensors[i], bases[i], out=slot)
+    return out
 
 
 def _residuals(stacked: Tensor, rows: bool) -> Tensor:
@@ -85,9 +94,7 @@ class _OrthoPenalty(torch.autograd.Function):
         norms = weights[0].new_empty(n)
         residuals = []
         for index in groups:
-            stacked = _stack(weights, index)
-            if bases:
-                stacked = stacked - _stack(bases, index)
+            stacked = _stack(weights, index, bases)
             residual = _residuals(stacked, uses_row_gram(weights[index[0]].shape, gram))
             norms[index] = torch.linalg.vector_norm(residual, dim=(1, 2))
             residuals.append(residual)
@@ -109,9 +116,7 @@ class _OrthoPenalty(torch.autograd.Function):
             coeffs = torch.where(norms > 0, 2.0 * grad_out / norms.clamp_min(1e-30), torch.zeros_like(norms))
         grads: list[Tensor | None] = [None] * n
         for index, residual in zip(ctx.groups, residuals):
-            stacked = _stack(weights, index)
-            if bases:
-                stacked = stacked - _stack(bases, index)
+            stacked = _stack(weights, index, bases)
             rows = uses_row_gram(weights[index[0]].shape, ctx.gram)
             product = torch.bmm(residual, stacked) if rows else torch.bmm(stacked, residual)
             product.mul_(coeffs[index].view(-1, 1, 1))
