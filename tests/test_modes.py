@@ -260,3 +260,37 @@ def test_penalty_backward_runs_after_the_forward_graph_when_computed_first(early
     loss_ce, penalty = module.step_losses(X, torch.arange(len(X)) % 5, penalize=True)
     (loss_ce + penalty).backward()
     assert all(torch.equal(grads[n], p.grad) for n, p in module.named_parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m.endswith("_ortho")])
+def test_each_modes_penalty_equals_the_per_matrix_path(mode):
+    """Over each mode's own matrix set: the shape groups equal the per-matrix path in float64 (value and
+    gradients), and module.penalty() (fp32 by design, ΔW formed inside) equals them to fp32 rounding."""
+    from orthoreg_pl.penalties import ortho_penalty, ortho_penalty_per_matrix
+
+    module = MODES[mode](make_classifier().double(), lam=1.0)
+    with torch.no_grad():  # off θ0 (LoRA: B is zero at start)
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(
+                    0.05
+                    * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype)
+                )
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def value_and_grads(penalty):
+        value = penalty()
+        return value, torch.autograd.grad(value, params, allow_unused=True)
+
+    grouped, grouped_grads = value_and_grads(lambda: ortho_penalty(module.penalty_deltas()))
+    single, single_grads = value_and_grads(lambda: ortho_penalty_per_matrix(module.penalty_deltas()))
+    ours, ours_grads = value_and_grads(module.penalty)
+    assert grouped.dtype == torch.float64 and ours.dtype == torch.float32
+    torch.testing.assert_close(grouped, single, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(ours, grouped.float(), rtol=1e-5, atol=0.0)
+    assert sum(g is not None for g in grouped_grads) > 0
+    for a, b, c in zip(grouped_grads, single_grads, ours_grads):
+        assert (a is None) == (b is None) == (c is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-6)
