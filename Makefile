@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]' 2>&1 | { grep -v "^WARNING: Location" || true; }
-	$(PY) -c "import orthoreg_pl, callbacks, torch, lightning, open_clip, hydra"
+	$(PY) -c "import orthoreg_pl.callbacks, torch, lightning, open_clip, hydra"
 	touch $(STAMP)
 
 QUICKSTART_TASKS := digits,shapes,colors,patterns

@@ -162,7 +162,7 @@ def old_monitor(module) -> None:
 
 def new_monitor(module, max_pairs: int) -> None:
     """What the monitor computes now (its own code), and the values logging reads."""
-    from callbacks.orthogonality_monitor import OrthogonalityMonitor
+    from orthoreg_pl.callbacks.orthogonality_monitor import OrthogonalityMonitor
 
     metrics, _ = OrthogonalityMonitor(max_pairs=max_pairs).measure(module)
     [v.item() for v in metrics.values()]
@@ -198,7 +198,7 @@ def quickstart_share(cache: str, root: str) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from callbacks.orthogonality_monitor import OrthogonalityMonitor
+    from orthoreg_pl.callbacks.orthogonality_monitor import OrthogonalityMonitor
     from orthoreg_pl.training import train
 
     calls: list[float] = []
@@ -216,7 +216,7 @@ def quickstart_share(cache: str, root: str) -> dict:
         "experiment=quickstart", "dataset=digits", "mode=standard_ortho", "logger=none", "eval_zeroshot=false",
         f"paths.root_dir={root}", f"paths.runs_dir={root}/runs", f"paths.cache_dir={cache}",
         f"paths.output_dir={root}/run", "callbacks.orthogonality_monitor.every_n_steps=10",
-        "+callbacks.step_timer._target_=callbacks.step_timer.StepTimer", f"+callbacks.step_timer.path={timer}",
+        "+callbacks.step_timer._target_=orthoreg_pl.callbacks.step_timer.StepTimer", f"+callbacks.step_timer.path={timer}",
     ]  # fmt: skip
     config_dir = str(Path(__file__).resolve().parents[1] / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base="1.3", job_name="bench"):

@@ -37,7 +37,7 @@ def run_campaign(
     train = ["trainer.enable_progress_bar=false"]
     if timer is not None:
         train += [
-            "+callbacks.step_timer._target_=callbacks.step_timer.StepTimer",
+            "+callbacks.step_timer._target_=orthoreg_pl.callbacks.step_timer.StepTimer",
             f"+callbacks.step_timer.path={timer}",
         ]
     args = [

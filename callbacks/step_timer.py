@@ -1,7 +1,7 @@
 """Time spent inside training steps, for benchmarks that ask how much of a job is overhead.
 
 Enabled from the command line (it changes no result, so the run identity ignores it):
-``+callbacks.step_timer._target_=callbacks.step_timer.StepTimer +callbacks.step_timer.path=FILE``.
+``+callbacks.step_timer._target_=orthoreg_pl.callbacks.step_timer.StepTimer +callbacks.step_timer.path=FILE``.
 """
 
 from __future__ import annotations

@@ -477,7 +477,7 @@ def test_monitor_logs_per_layer_type_keys(tmp_path):
     """Per layer type: penalty share (summing to 1), ‖ΔW‖, angle mean and spread, one row per step to the
     loggers (with a W&B histogram per type); the totals still through LightningModule.log; once per
     optimizer step under gradient accumulation."""
-    from callbacks.orthogonality_monitor import OrthogonalityMonitor
+    from orthoreg_pl.callbacks.orthogonality_monitor import OrthogonalityMonitor
     from orthoreg_pl.modules import StandardOrthoFineTuning
 
     with pytest.raises(ValueError, match="max_pairs=0"):

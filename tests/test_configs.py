@@ -212,3 +212,20 @@ def test_a_weights_file_is_identified_by_its_content_not_its_place(tmp_path, pat
     assert identity(first) == identity(second)
     second.write_bytes(b"other weights")
     assert identity(first) != identity(second)
+
+
+def test_pyproject_lists_every_package_and_installs_callbacks_under_orthoreg_pl():
+    """pyproject.toml lists the packages by hand (callbacks/ is mapped to orthoreg_pl.callbacks): a new
+    package folder must be listed, and no top-level ``callbacks`` is installed."""
+    import importlib
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    setuptools = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {
+        ".".join(p.parent.relative_to(PROJECT_ROOT).parts)
+        for p in (PROJECT_ROOT / "orthoreg_pl").rglob("__init__.py")
+    }
+    assert set(setuptools["packages"]) == folders | {"orthoreg_pl.callbacks"}
+    assert setuptools["package-dir"] == {"orthoreg_pl.callbacks": "callbacks"}
+    module = importlib.import_module("orthoreg_pl.callbacks.orthogonality_monitor")
+    assert Path(module.__file__).parent == PROJECT_ROOT / "callbacks"

@@ -176,7 +176,7 @@ def test_accumulated_gradient_is_ce_plus_lambda_penalty(sum_accumulated_loss):
 
 def test_orthogonality_monitor_logs_current_delta():
     """The W&B dashboard's monitor/* metrics are the unsquared min-side penalty and ‖θ − θ0‖ of the current ΔW."""
-    from callbacks.orthogonality_monitor import OrthogonalityMonitor
+    from orthoreg_pl.callbacks.orthogonality_monitor import OrthogonalityMonitor
 
     with pytest.raises(ValueError):
         OrthogonalityMonitor(every_n_steps=0)
