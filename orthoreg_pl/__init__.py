@@ -4,12 +4,35 @@ The flow a reader follows: ``train.py`` -> :mod:`orthoreg_pl.data` -> :mod:`orth
 -> :mod:`orthoreg_pl.run_folder` -> ``merge.py``.
 """
 
+import importlib.util
+import sys
 import warnings
+from pathlib import Path
 
 from orthoreg_pl.config import register_resolvers
 from orthoreg_pl.errors import OrthoRegError
 
+
+def _map_checkout_callbacks() -> None:
+    """pip installs the checkout's ``callbacks/`` folder as ``orthoreg_pl.callbacks`` (pyproject.toml).
+    A checkout used without installing (``PYTHONPATH=.``, as on a bare GPU machine) gets the same
+    mapping here, so configs name ``orthoreg_pl.callbacks...`` either way."""
+    name = f"{__name__}.callbacks"
+    if name in sys.modules or importlib.util.find_spec(name) is not None:
+        return
+    folder = Path(__file__).resolve().parent.parent / "callbacks"
+    if not (folder / "__init__.py").is_file() or not (folder.parent / "pyproject.toml").is_file():
+        return
+    spec = importlib.util.spec_from_file_location(
+        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
 register_resolvers()
+_map_checkout_callbacks()
 # configs/hydra/launcher/joblib.yaml (and ray.yaml) set a plugin's fields under the plugin's own config
 # name, so Hydra checks them against the plugin's schema (wanted) and calls that check deprecated.
 warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")

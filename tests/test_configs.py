@@ -229,3 +229,19 @@ def test_pyproject_lists_every_package_and_installs_callbacks_under_orthoreg_pl(
     assert setuptools["package-dir"] == {"orthoreg_pl.callbacks": "callbacks"}
     module = importlib.import_module("orthoreg_pl.callbacks.orthogonality_monitor")
     assert Path(module.__file__).parent == PROJECT_ROOT / "callbacks"
+
+
+def test_a_checkout_without_install_maps_callbacks_too():
+    """With the checkout on sys.path and pip's editable finder gone (a bare GPU machine, PYTHONPATH=.),
+    orthoreg_pl maps callbacks/ to orthoreg_pl.callbacks itself."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, '__module__', '').startswith('__editable__')]; "
+        "import orthoreg_pl.callbacks.step_timer as m; print(m.__file__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    assert Path(out.stdout.strip()) == PROJECT_ROOT / "callbacks" / "step_timer.py"
