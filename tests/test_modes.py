@@ -234,14 +234,19 @@ def test_quick_gelu_slope():
     assert torch.allclose(quick_gelu_slope(x.detach()), want, atol=1e-12)
 
 
-@pytest.mark.parametrize("early", [True, False])
-def test_penalty_backward_runs_after_the_forward_graph_when_computed_first(early):
-    """step_losses computes the penalty before the forward (unless FSDP), so autograd runs its backward
+@pytest.mark.parametrize("early,world", [(True, 1), (False, 1), (True, 2)])
+def test_penalty_backward_runs_after_the_forward_graph_when_computed_first(early, world):
+    """In one process step_losses computes the penalty before the forward, so autograd runs its backward
     last, after the patch embedding's (the last node of the cross-entropy's backward): its gradients are
-    not held through the backward pass. The gradients are the same bits either way."""
+    not held through the backward pass. With several processes (DDP buckets) it stays after the forward.
+    The gradients are the same bits either way."""
+    from types import SimpleNamespace
+
     torch.manual_seed(0)
     cls = type("Ortho", (MODES["standard_ortho"],), {"penalty_before_forward": early})
     module = cls(make_classifier(), lam=1.0)
+    module._trainer = SimpleNamespace(world_size=world, strategy=SimpleNamespace(model=None))
+    early = early and world == 1
     with torch.no_grad():  # off θ0, so the penalty has a gradient
         for p in module.model.parameters():
             p.add_(1e-2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))

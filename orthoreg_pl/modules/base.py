@@ -31,6 +31,9 @@ class FineTuneModule(L.LightningModule):
     mode: ClassVar[str] = "base"
     uses_penalty: ClassVar[bool] = False
     task_vector_space: ClassVar[str] = "weight"  # "tangent" for linearized modes: never mixed with "weight"
+    # Penalty before the forward where it helps (see step_losses); False: after it, as before
+    # (benchmarks/modes.py's @late-penalty baseline).
+    penalty_before_forward: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -193,17 +196,19 @@ class FineTuneModule(L.LightningModule):
         self.log("train/loss_ce", loss_ce.detach())
         return loss * accumulate if self.hparams.sum_accumulated_loss else loss
 
-    penalty_before_forward = True  # False: after it, as before (benchmarks/modes.py's @late-penalty baseline)
-
     def step_losses(self, images: Tensor, labels: Tensor, penalize: bool) -> tuple[Tensor, Tensor | None]:
         """(cross-entropy, penalty or None) of one training step; the penalty has a graph only if λ > 0.
 
-        The penalty is computed before the forward where it can be: autograd runs a backward node in
-        reverse order of creation, so the penalty's backward then comes last, once the activations are
-        freed, instead of first, which holds a gradient per penalized weight (ViT-B-32: 350 MB, ViT-L-14:
-        1.2 GB in fp32) through the whole backward pass from its start, the step's memory peak. Under
-        FSDP the whole weights exist only from the forward on, so there it comes after."""
-        early = penalize and self.penalty_before_forward and self.fsdp_root() is None
+        In a single process the penalty is computed before the forward: autograd runs a backward node
+        in reverse order of creation, so the penalty's backward then comes last, once the activations
+        are freed, instead of first, which holds a gradient per penalized weight (ViT-B-32: 340 MB,
+        ViT-L-14: 1.2 GB in fp32) through the whole backward pass from its start, the step's memory
+        peak. With several processes it comes after the forward, as before: DDP all-reduces a bucket
+        once every gradient in it is complete, and a penalty whose backward ran last would hold every
+        bucket until the end, losing the overlap of communication with the backward pass; under FSDP
+        the whole weights exist only from the forward on."""
+        single = self._trainer is None or (self.trainer.world_size == 1 and self.fsdp_root() is None)
+        early = penalize and self.penalty_before_forward and single
         penalty = self._step_penalty() if early else None
         loss_ce = F.cross_entropy(self(images), labels)
         if penalize and not early:
