@@ -18,7 +18,7 @@
 #   5 modes_vitb32_fp32   ViT-B-32, 32-true: standard, standard_ortho, linear, and standard@tf32 /
 #                         linear@tf32 (trainer.matmul_precision=high) against the default highest
 # Writes RESULTS_DIR/<step>.txt and RESULTS_DIR/suite.txt (environment, per-step wall time and exit
-# status); copies them to $OUT when that is set (the device tool brings back 8 files at most: 7 here).
+# status); copies them to $OUT when that is set (the device tool brings back 8 files at most: 6 here).
 # open_clip / Hydra missing (the lent H200 has neither): installs the wheels of .whl/ first
 # (bash ../shared/tools/device-prep.sh puts them there; carry ".whl").
 set -uo pipefail

@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -54,21 +55,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def saved_for_backward_bytes(fn, resident: torch.nn.Module | None = None) -> int:
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> dict[int, int]:
+    """{storage address: bytes} of ``tensors``, each storage once (views share their base's)."""
+    return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+
+
+def saved_for_backward_bytes(fn, resident: Iterable[torch.Tensor] = ()) -> int:
     """Bytes of the distinct storages autograd keeps for the backward pass while ``fn()`` runs: the
     activation memory of a step, independent of the allocator (CPU RSS keeps freed memory around).
-    Storages of ``resident``'s parameters and buffers (the weights, θ0) are left out: they exist anyway."""
-    skip = (
-        {t.untyped_storage().data_ptr() for t in (*resident.parameters(), *resident.buffers())}
-        if resident
-        else set()
-    )
+    Storages of the ``resident`` tensors (the weights, θ0) are left out: they exist anyway."""
+    skip = storage_bytes(resident).keys()
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
+        if t.untyped_storage().data_ptr() not in skip:
+            seen.update(storage_bytes([t]))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -97,9 +98,8 @@ def step_peak_bytes(fn) -> int:
 
 def resident_bytes(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Bytes of what lives across steps: parameters, buffers (θ0) and the optimizer's state."""
-    tensors = [*module.parameters(), *module.buffers()]
-    tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
-    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+    state = [t for entry in optimizer.state.values() for t in entry.values() if torch.is_tensor(t)]
+    return sum(storage_bytes([*module.parameters(), *module.buffers(), *state]).values())
 
 
 AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -183,7 +183,9 @@ def worker(
         _sync(device)
         penalty_times.append(time.perf_counter() - start)
         optimizer.zero_grad(set_to_none=True)
-    saved = saved_for_backward_bytes(loss, module)  # after the peak is read: its graph must not add to it
+    saved = saved_for_backward_bytes(
+        loss, [*module.parameters(), *module.buffers()]
+    )  # after the peak is read: its graph must not add to it
     return {
         "step_s": statistics.median(times),
         "penalty_s": statistics.median(penalty_times[1:] or penalty_times) if penalty_times else 0.0,

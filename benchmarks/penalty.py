@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+from modes import saved_for_backward_bytes  # benchmarks/modes.py
 
 from orthoreg_pl.models import create_clip
 from orthoreg_pl.penalties import ortho_penalty_of, ortho_penalty_per_matrix
@@ -64,18 +65,9 @@ def floor(deltas, gram):
 def kept_for_backward(fn, weights, w0_dev, w0_cpu, args) -> int:
     """Bytes the penalty's graph keeps for its backward beyond the weights and W0 themselves (which
     the model keeps anyway): the tensors autograd saves, counted once per storage."""
-    live = {t.untyped_storage().data_ptr() for t in [*weights, *w0_dev]}
-    kept: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in live:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(weights, w0_dev, w0_cpu, args.norm, args.gram)
-    return sum(kept.values())
+    return saved_for_backward_bytes(
+        lambda: fn(weights, w0_dev, w0_cpu, args.norm, args.gram), resident=[*weights, *w0_dev]
+    )
 
 
 def sync(device: torch.device) -> None:

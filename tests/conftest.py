@@ -6,6 +6,7 @@ are the quickstart tasks generated offline into a temporary cache.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -139,3 +140,20 @@ def fake_data(tmp_path_factory) -> dict:
     from fake_trees import build_all
 
     return build_all(tmp_path_factory.mktemp("fake_data") / "data")
+
+
+@pytest.fixture
+def restore_logging():
+    """Hydra points the root logger at a test's captured output when a script runs in-process: later
+    tests must not log to it. (tests/test_bad_input.py uses it for every test.)"""
+    names = ["", "orthoreg_pl", "lightning.pytorch", "lightning.fabric", "hydra"]
+    saved = {
+        n: (lg.handlers[:], lg.level, lg.propagate, lg.disabled)
+        for n in names
+        if (lg := logging.getLogger(n))
+    }
+    yield
+    for name, (handlers, level, propagate, disabled) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate, logger.disabled = handlers, propagate, disabled
+        logger.setLevel(level)

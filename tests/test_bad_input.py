@@ -9,7 +9,6 @@ cases run as real subprocesses at the end to check the same from outside.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import runpy
@@ -160,19 +159,8 @@ def root(tmp_path, merge_runs, cache_dir, monkeypatch) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def restore_logging():
-    """Hydra points the root logger at this test's captured stdout: later tests must not log to it."""
-    names = ["", "orthoreg_pl", "lightning.pytorch", "lightning.fabric", "hydra"]
-    saved = {
-        n: (lg.handlers[:], lg.level, lg.propagate, lg.disabled)
-        for n in names
-        if (lg := logging.getLogger(n))
-    }
-    yield
-    for name, (handlers, level, propagate, disabled) in saved.items():
-        logger = logging.getLogger(name)
-        logger.handlers, logger.propagate, logger.disabled = handlers, propagate, disabled
-        logger.setLevel(level)
+def _restore_logging(restore_logging):
+    """Every test here runs a script in-process (conftest.restore_logging)."""
 
 
 def tree(root: Path) -> dict[str, int]:

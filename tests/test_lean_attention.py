@@ -124,6 +124,8 @@ def test_lean_module_refuses_what_it_does_not_implement():
         lean(x, y, y)
     with pytest.raises(ValueError, match="self-attention only"):
         lean(x, x, x, key_padding_mask=torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="is_causal=True needs the causal attn_mask"):
+        lean(x, x, x, is_causal=True)
     with pytest.raises(ValueError, match="packed"):
         LeanAttention(torch.nn.MultiheadAttention(8, 2, dropout=0.1))
 

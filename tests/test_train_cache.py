@@ -343,24 +343,6 @@ def test_other_transform_is_refused():
 # ---- (e) configuration ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def restore_logging():
-    """Hydra points the root logger at this test's captured output: later tests must not log to it."""
-    import logging
-
-    names = ["", "orthoreg_pl", "lightning.pytorch", "lightning.fabric", "hydra"]
-    saved = {
-        n: (lg.handlers[:], lg.level, lg.propagate, lg.disabled)
-        for n in names
-        if (lg := logging.getLogger(n))
-    }
-    yield
-    for name, (handlers, level, propagate, disabled) in saved.items():
-        logger = logging.getLogger(name)
-        logger.handlers, logger.propagate, logger.disabled = handlers, propagate, disabled
-        logger.setLevel(level)
-
-
 def test_not_a_boolean_is_refused_on_the_command_line(tmp_path, monkeypatch, capsys, restore_logging):
     """As tests/test_bad_input.py runs train.py: one error line, exit 2, nothing written."""
     monkeypatch.setenv("ORTHOREG_ROOT", str(tmp_path))

@@ -130,10 +130,15 @@ class LeanAttention(nn.Module):
         need_weights: bool = False,
         attn_mask: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
-        **_,
+        average_attn_weights: bool = True,  # only with need_weights, which is refused
+        is_causal: bool = False,  # MHA's hint that attn_mask is causal: the mask itself is applied
     ) -> tuple[Tensor, None]:
         if need_weights or key_padding_mask is not None or not (query is key is value):
             raise ValueError("LeanAttention is self-attention only, without weights or key_padding_mask")
+        if is_causal and attn_mask is None:
+            raise ValueError(
+                "LeanAttention: is_causal=True needs the causal attn_mask, as nn.MultiheadAttention does"
+            )
         x = query if self.batch_first else query.transpose(0, 1)
         batch, tokens, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)

@@ -201,8 +201,8 @@ class FineTuneModule(L.LightningModule):
 
         In a single process the penalty is computed before the forward: autograd runs a backward node
         in reverse order of creation, so the penalty's backward then comes last, once the activations
-        are freed, instead of first, which holds a gradient per penalized weight (ViT-B-32: 340 MB,
-        ViT-L-14: 1.2 GB in fp32) through the whole backward pass from its start, the step's memory
+        are freed, instead of first, which holds a gradient per penalized weight (ViT-B-32: 326 MiB,
+        ViT-L-14: 1156 MiB in fp32) through the whole backward pass from its start, the step's memory
         peak. With several processes it comes after the forward, as before: DDP all-reduces a bucket
         once every gradient in it is complete, and a penalty whose backward ran last would hold every
         bucket until the end, losing the overlap of communication with the backward pass; under FSDP

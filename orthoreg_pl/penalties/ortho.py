@@ -85,7 +85,7 @@ class _OrthoPenalty(torch.autograd.Function):
 
     With ``bases`` (W0 of each W), the inputs are the weights W and ΔW = W − W0 is formed inside and
     formed again in the backward rather than saved: the weights and W0 are kept anyway, so the penalty
-    holds on to its Gram residuals only (ViT-B-32: 350 MB of ΔW not kept)."""
+    holds on to its Gram residuals only (ViT-B-32: 326 MiB of ΔW not kept)."""
 
     @staticmethod
     def forward(ctx, squared: bool, gram: str, n: int, *tensors: Tensor) -> Tensor:  # type: ignore[override]
