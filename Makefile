@@ -44,6 +44,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports   # the layer contract of pyproject.toml (tests/test_layout.py runs it in make test)
 
 bench: setup
 	$(PY) benchmarks/penalty.py

@@ -6,8 +6,8 @@ Hydra composes configs/merge.yaml; the report folder gets report.json, report.md
 import hydra
 from omegaconf import DictConfig
 
-from orthoreg_pl.cli import objective, result_field, run_or_exit
-from orthoreg_pl.precheck import start
+from orthoreg_pl.cli.precheck import start
+from orthoreg_pl.runs.job import objective, result_field, run_or_exit
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="merge")

@@ -7,13 +7,13 @@ runs are skipped, unfinished ones resumed, and a failed job does not stop the sw
 import hydra
 from omegaconf import DictConfig
 
-from orthoreg_pl.cli import objective, result_field, run_or_exit
-from orthoreg_pl.precheck import start
+from orthoreg_pl.cli.precheck import start
+from orthoreg_pl.runs.job import objective, result_field, run_or_exit
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from orthoreg_pl.training import train  # heavy: imported once the command line is valid
+    from orthoreg_pl.training.fit import train  # heavy: imported once the command line is valid
 
     meta = run_or_exit(train, cfg, root=cfg.paths.root_dir)  # a failure leaves no empty folder
     value = None if meta is None else result_field(meta, cfg.objective.metric)

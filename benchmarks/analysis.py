@@ -199,7 +199,7 @@ def quickstart_share(cache: str, root: str) -> dict:
     from omegaconf import open_dict
 
     from orthoreg_pl.callbacks.orthogonality_monitor import OrthogonalityMonitor
-    from orthoreg_pl.training import train
+    from orthoreg_pl.training.fit import train
 
     calls: list[float] = []
     original = OrthogonalityMonitor.on_train_batch_end

@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from orthoreg_pl.training import train
+from orthoreg_pl.training.fit import train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

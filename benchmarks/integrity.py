@@ -28,10 +28,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from orthoreg_pl.cli.precheck import check_job
 from orthoreg_pl.data import eval_cache
 from orthoreg_pl.evaluation.pipeline import run_merge
-from orthoreg_pl.precheck import check_job
-from orthoreg_pl.run_folder import read_meta
+from orthoreg_pl.runs.folder import read_meta
 from orthoreg_pl.task_vectors import find_runs
 from orthoreg_pl.task_vectors.io import _read_with_header, _verified_checksum
 from orthoreg_pl.utils.tensors import check_finite

@@ -1,7 +1,12 @@
 """orthoreg-pl: task arithmetic with OrthoReg on PyTorch Lightning + Hydra.
 
-The flow a reader follows: ``train.py`` -> :mod:`orthoreg_pl.data` -> :mod:`orthoreg_pl.modules`
--> :mod:`orthoreg_pl.run_folder` -> ``merge.py``.
+The packages are layers, read top to bottom; each imports only from the layers below it
+(pyproject.toml's import-linter contract, checked by ``make lint`` and ``make test``):
+
+    cli -> campaign -> report -> training | evaluation -> callbacks -> analysis | modules | merging
+    -> task_vectors -> config -> runs | models -> data -> penalties | utils -> errors
+
+Importing the package registers the resolvers every config uses (config/resolvers.py).
 """
 
 import importlib.util
@@ -9,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from orthoreg_pl.config import register_resolvers
+from orthoreg_pl.config.resolvers import register_resolvers
 from orthoreg_pl.errors import OrthoRegError
 
 

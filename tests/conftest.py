@@ -85,7 +85,7 @@ MERGE_RUN_OVERRIDES = [  # train.py's overrides of each merge_runs run (its iden
 def merge_runs(tmp_path_factory, cache_dir) -> Path:
     """<tmp>/runs/<Task>: Digits and Shapes fine-tuned for 3 steps with standard_ortho (λ 0.1), for
     the merge tests. Tests that change a run copy it first."""
-    from orthoreg_pl.training import train
+    from orthoreg_pl.training.fit import train
 
     tmp = tmp_path_factory.mktemp("merge_runs")
     for task in MERGE_TASKS:
@@ -136,7 +136,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def fake_data(tmp_path_factory) -> dict:
-    """Tiny trees of the nine real datasets in the layouts of datasets.md, under one data root (built once)."""
+    """Tiny trees of the nine real datasets in the layouts of docs/data.md, under one data root (built once)."""
     from fake_trees import build_all
 
     return build_all(tmp_path_factory.mktemp("fake_data") / "data")

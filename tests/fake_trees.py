@@ -1,4 +1,4 @@
-"""Tiny fake dataset trees in exactly the layouts of datasets.md (a few images per class).
+"""Tiny fake dataset trees in exactly the layouts of docs/data.md (a few images per class).
 
 Each builder writes one dataset under a data root and returns what a correct loader must find:
 images per split, labels in loader order, class names and image files. MATLAB files are written

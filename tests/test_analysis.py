@@ -38,9 +38,9 @@ from orthoreg_pl.analysis import (
     layer_type,
     xi_from_counts,
 )
-from orthoreg_pl.analysis.curves import collect_curves
 from orthoreg_pl.analysis.figures import alpha_curves_figure
 from orthoreg_pl.analysis.monitoring import orthogonality_statistics
+from orthoreg_pl.evaluation.curves import collect_curves
 from orthoreg_pl.evaluation.disentanglement import xi_by_rebuilding, xi_grid
 from orthoreg_pl.evaluation.engine import MergeEvalModule
 from orthoreg_pl.evaluation.protocols.analysis import (
@@ -268,7 +268,7 @@ def test_analysis_settings_are_checked():
     ],
 )
 def test_analysis_experiments_compose_and_validate(experiment, tmp_path):
-    from orthoreg_pl.validation import validate_merge
+    from orthoreg_pl.evaluation.validation import validate_merge
 
     cfg = compose_config([f"experiment={experiment}", f"paths.root_dir={tmp_path}"], config_name="merge")
     with open_dict(cfg):
@@ -331,7 +331,7 @@ def test_alpha_curves_from_existing_reports(tmp_path):
 @pytest.fixture(scope="module")
 def two_mode_runs(merge_runs, cache_dir, tmp_path_factory) -> Path:
     """merge_runs' standard_ortho runs (λ 0.1) beside standard runs of the same tasks (3 steps each)."""
-    from orthoreg_pl.training import train
+    from orthoreg_pl.training.fit import train
 
     tmp = tmp_path_factory.mktemp("analysis_runs")
     shutil.copytree(merge_runs / "runs", tmp / "runs")

@@ -35,7 +35,7 @@ QS_NEGATION = ["experiment=quickstart_negation", *QS_MERGE[1:]]
 
 # (case id, script, arguments, words the error line must hold)
 COMMAND_LINE_CASES = [
-    # fine-tuning values (configs/ortho, optim, data, mode, trainer; validation.py)
+    # fine-tuning values (configs/ortho, optim, data, mode, trainer; config/rules.py)
     ("lam-abc", "train", ["mode=standard_ortho", "ortho.lam=abc"], ["ortho.lam='abc'", "λ >= 0"]),
     ("lam-negative", "train", ["mode=standard_ortho", "ortho.lam=-1"], ["ortho.lam=-1", ">= 0"]),
     ("lam-inf", "train", ["mode=standard_ortho", "ortho.lam=inf"], ["ortho.lam=inf"]),
@@ -380,16 +380,16 @@ def test_subprocess_exit_status_and_nothing_left(tmp_path):
 
 def test_unexpected_error_is_one_line_unless_asked(tmp_path, monkeypatch, capsys):
     """A bug (not bad input) is one line and exit 1; HYDRA_FULL_ERROR=1 shows its traceback."""
-    from orthoreg_pl import cli
+    from orthoreg_pl.runs import job
 
     def broken(cfg):
         raise ZeroDivisionError("division by zero")
 
     cfg = type("Cfg", (), {"paths": type("P", (), {"output_dir": str(tmp_path / "out")})})()
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(cli, "in_multirun", lambda: False)
+    monkeypatch.setattr(job, "in_multirun", lambda: False)
     with pytest.raises(SystemExit) as done:
-        cli.run_or_exit(broken, cfg, root=tmp_path)
+        job.run_or_exit(broken, cfg, root=tmp_path)
     assert done.value.code == 1
     err = capsys.readouterr().err
     assert err.splitlines() == [
@@ -397,7 +397,7 @@ def test_unexpected_error_is_one_line_unless_asked(tmp_path, monkeypatch, capsys
     ]
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(ZeroDivisionError):
-        cli.run_or_exit(broken, cfg, root=tmp_path)
+        job.run_or_exit(broken, cfg, root=tmp_path)
 
 
 def test_every_torch_load_is_weights_only():

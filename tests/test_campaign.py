@@ -22,7 +22,7 @@ from wandb_offline import read_offline_runs
 from orthoreg_pl import OrthoRegError
 from orthoreg_pl.campaign import make_plan
 from orthoreg_pl.campaign.summary import COLUMNS
-from orthoreg_pl.cli import check_experiment_kind
+from orthoreg_pl.config.groups import check_experiment_kind
 
 SMALL = [
     "experiment=campaign_quickstart",

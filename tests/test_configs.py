@@ -1,4 +1,4 @@
-"""The real Hydra configs compose, resolve, and carry the recipe of method.md §4."""
+"""The real Hydra configs compose, resolve, and carry the recipe of docs/method.md §4."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import CONFIG_DIR, PROJECT_ROOT, compose_config, path_overrides
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from orthoreg_pl.cli import experiment_kind
+from orthoreg_pl.config.groups import experiment_kind
 from orthoreg_pl.models import check_architecture
 from orthoreg_pl.modules import MODES, FineTuneModule
 
@@ -179,7 +179,7 @@ def test_command_line_lambda_wins(paths):
 def test_dataset_is_required(paths):
     """train.yaml leaves dataset unset: validation refuses the config, listing the tasks (never a silent pick)."""
     from orthoreg_pl.errors import OrthoRegError
-    from orthoreg_pl.validation import validate_train
+    from orthoreg_pl.training.validation import validate_train
 
     cfg = compose_config(list(paths))
     with pytest.raises(OrthoRegError, match="dataset is not set") as err:
@@ -199,7 +199,7 @@ def test_env_paths(monkeypatch, tmp_path):
 def test_a_weights_file_is_identified_by_its_content_not_its_place(tmp_path, paths):
     """model.pretrained as a file: the run identity holds its name and sha256, so the same weights in two
     checkouts are one run, and weights changed in place are another."""
-    from orthoreg_pl.config import run_hash
+    from orthoreg_pl.config.resolvers import run_hash
 
     first, second = tmp_path / "a" / "w.safetensors", tmp_path / "b" / "w.safetensors"
     for path in (first, second):

@@ -1,4 +1,4 @@
-"""Quickstart tasks, the task registry and the DataModule (datasets.md split rule, CLIP preprocessing)."""
+"""Quickstart tasks, the task registry and the DataModule (docs/data.md split rule, CLIP preprocessing)."""
 
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def test_train_sampler_reshuffles_every_epoch(cache_dir, missing_data_root, tiny
 
 
 def test_transforms_follow_the_recipe():
-    """method.md §4: train = RandomResizedCrop(scale 0.9–1.0, bicubic) + CLIP normalisation, nothing else
+    """docs/method.md §4: train = RandomResizedCrop(scale 0.9–1.0, bicubic) + CLIP normalisation, nothing else
     random; eval = Resize(bicubic) + CenterCrop."""
     from torchvision import transforms as T
 

@@ -27,12 +27,12 @@ def test_healthy_tree(task, fake_data):
 
 
 def test_counts_are_compared_with_datasets_md(fake_data):
-    """By default a split size other than datasets.md's is the problem; lenient counts accept it."""
+    """By default a split size other than docs/data.md's is the problem; lenient counts accept it."""
     tree = fake_data["Cars"]
     strict = check_dataset("Cars", tree.root)
     assert strict.status == "problem"
     assert strict.problem == (
-        f"wrong count: train pool has 24 images under {tree.root / 'stanford_cars'}, datasets.md expects 8144"
+        f"wrong count: train pool has 24 images under {tree.root / 'stanford_cars'}, docs/data.md expects 8144"
     )
     assert [(c.split, c.found, c.expected) for c in strict.counts] == [
         ("train_pool", 24, 8144),

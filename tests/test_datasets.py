@@ -1,4 +1,4 @@
-"""The eight task-arithmetic datasets and the ImageNet control, read from tiny trees in datasets.md's layouts.
+"""The eight task-arithmetic datasets and the ImageNet control, read from tiny trees in docs/data.md's layouts.
 
 For each dataset: images per split, labels in the loader's order, class names, the seed-0 split rule,
 and errors that name the dataset and the path for every kind of damaged tree.
@@ -46,7 +46,7 @@ def test_every_dataset_is_registered_with_its_layout():
 
 @pytest.mark.parametrize("task", REAL)
 def test_loader_counts_labels_and_classnames(task, fake_data, cache_dir):
-    """Each split holds the tree's images, labelled as datasets.md says, with datasets.md's class names."""
+    """Each split holds the tree's images, labelled as docs/data.md says, with docs/data.md's class names."""
     tree = fake_data[task]
     data = load_task(task, tree.root, cache_dir)
     assert data.classnames == tree.classnames

@@ -24,10 +24,11 @@ from test_lifecycle import env
 from torch.utils.data import DistributedSampler, TensorDataset
 
 import orthoreg_pl.data.sampler as sampler_module
+from orthoreg_pl.config.lam import effective_lambda
 from orthoreg_pl.data import eval_dataloader
 from orthoreg_pl.data.sampler import UnpaddedDistributedSampler
 from orthoreg_pl.task_vectors import load_task_vector
-from orthoreg_pl.training import _evaluate, build, effective_lambda
+from orthoreg_pl.training.fit import _evaluate, build
 
 STEPS = 10
 RUN = [
@@ -262,7 +263,7 @@ def test_trainer_configs_compose(name, precision):
     if name == "fsdp":
         from torch.distributed.fsdp import ShardingStrategy
 
-        from orthoreg_pl.strategies import FSDPStrategy
+        from orthoreg_pl.training.strategies import FSDPStrategy
 
         strategy = instantiate(trainer.strategy)
         assert isinstance(strategy, FSDPStrategy)
@@ -296,7 +297,7 @@ def test_global_batch_must_divide_over_the_processes(cache_dir, tmp_path):
 
 def test_multirun_of_ddp_runs_each_job_once_in_its_own_folder(cache_dir, tmp_path):
     """`train.py -m trainer=ddp_sim`: Lightning starts rank 1 by re-running the command line, which in a
-    multirun must be the job's own (cli.this_job_argv), not the sweep: two jobs, two folders, two runs."""
+    multirun must be the job's own (runs/job.py: this_job_argv), not the sweep: two jobs, two folders, two runs."""
     runs = tmp_path / "runs"
     output = train_py(
         ["-m", *RUN, *RUNS["ddp"], "trainer.max_steps=3", "ortho.lam=0.1,1", f"paths.runs_dir={runs}"],

@@ -1,4 +1,4 @@
-"""Importing the authors' released checkpoints (interop.md) as run folders, on the tiny model.
+"""Importing the authors' released checkpoints (docs/import.md) as run folders, on the tiny model.
 
 Each reference format is written here the way the reference code writes it: a pickled whole
 ``ImageEncoder`` (its class in a throwaway module that is gone again before the import), a positional
@@ -28,8 +28,8 @@ from conftest import TINY, compose_config, make_classifier
 from orthoreg_pl import OrthoRegError
 from orthoreg_pl.models import create_clip, pretrained_identity
 from orthoreg_pl.modules import LoRAAttentionFineTuning, StandardFineTuning
-from orthoreg_pl.report import main as report_main
-from orthoreg_pl.run_folder import read_meta
+from orthoreg_pl.report.tables import main as report_main
+from orthoreg_pl.runs.folder import read_meta
 from orthoreg_pl.task_vectors import TaskVector, TaskVectorInfo, check_compatible, find_runs, load_run
 from orthoreg_pl.task_vectors.import_reference import import_mode_folder, main
 from orthoreg_pl.task_vectors.reference_formats import arch_layout

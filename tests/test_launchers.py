@@ -24,7 +24,7 @@ import torch
 from conftest import CONFIG_DIR, PROJECT_ROOT, compose_config, cpu_trainer
 
 from orthoreg_pl.errors import RunInterrupted
-from orthoreg_pl.lifecycle import RunLifecycle, RunRequeued
+from orthoreg_pl.runs.lifecycle import RunLifecycle, RunRequeued
 
 submitit = pytest.importorskip("submitit")
 optuna = pytest.importorskip("optuna")
@@ -275,7 +275,7 @@ def test_submitits_real_handler_checkpoints_the_submission_and_requeues_once(
     and exits; RunLifecycle does not requeue a second time."""
     from submitit.core.utils import DelayedSubmission
 
-    import orthoreg_pl.lifecycle as lifecycle_module
+    import orthoreg_pl.runs.lifecycle as lifecycle_module
 
     monkeypatch.setattr(lifecycle_module, "requeue_slurm_job", lambda: pytest.fail("requeued by us too"))
 

@@ -21,12 +21,12 @@ from conftest import PROJECT_ROOT, compose_config, path_overrides
 from wandb_offline import read_offline_runs
 
 from orthoreg_pl import OrthoRegError
-from orthoreg_pl.cli import DIST_ENV
 from orthoreg_pl.errors import RunFailed
-from orthoreg_pl.loggers import ResumableCSVLogger
-from orthoreg_pl.run_folder import RunLock
+from orthoreg_pl.runs.job import DIST_ENV
+from orthoreg_pl.runs.lock import RunLock
+from orthoreg_pl.runs.loggers import ResumableCSVLogger
 from orthoreg_pl.task_vectors import load_task_vector
-from orthoreg_pl.training import train
+from orthoreg_pl.training.fit import train
 
 RUN = [
     "experiment=quickstart",
@@ -176,7 +176,7 @@ def test_held_folder_is_refused_and_a_killed_holders_folder_taken_over(tmp_path,
     ):
         train(cfg)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys,time; from orthoreg_pl.run_folder import RunLock\n"
+        [sys.executable, "-c", "import sys,time; from orthoreg_pl.runs.lock import RunLock\n"
          "with RunLock(sys.argv[1]): print('held', flush=True); time.sleep(600)", str(run_dir)],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -285,7 +285,7 @@ def test_csv_logger_appends_to_a_resumed_runs_history(tmp_path):
 
 def test_sigusr1_requeues_the_slurm_job(tmp_path, monkeypatch):
     """Under SLURM the pre-emption signal ends in ``scontrol requeue <job>`` (array jobs: <array>_<task>)."""
-    from orthoreg_pl.lifecycle import requeue_slurm_job
+    from orthoreg_pl.runs.lifecycle import requeue_slurm_job
 
     fake = tmp_path / "bin" / "scontrol"
     fake.parent.mkdir()

@@ -1,4 +1,4 @@
-"""Model building (architectures, pretrained weights) and the cached zero-shot heads (method.md §4)."""
+"""Model building (architectures, pretrained weights) and the cached zero-shot heads (docs/method.md §4)."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_pretrained_identity():
 
 
 def direct_head(clip, classnames, templates) -> torch.Tensor:
-    """method.md §4 written out: per class, mean of normalised prompt embeddings, normalised, × exp(logit_scale)."""
+    """docs/method.md §4 written out: per class, mean of normalised prompt embeddings, normalised, × exp(logit_scale)."""
     tokenizer = open_clip.get_tokenizer(TINY_ARCH)
     rows = []
     with torch.no_grad():

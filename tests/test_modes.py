@@ -1,4 +1,4 @@
-"""The linearized (TTA), attention-only and LoRA-ATT modes (method.md §3)."""
+"""The linearized (TTA), attention-only and LoRA-ATT modes (docs/method.md §3)."""
 
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ def _meta_visual(arch: str):
     [("ViT-B-32", False, 1359.914), ("ViT-B-32", True, 665.108), ("ViT-L-14", True, 1536.0)],
 )
 def test_reference_penalty_values_from_shapes(arch, attention_only, expected):
-    """method.md §2: ViT-B-32 image tower 1359.914, attention-only 665.108 (24·√768), ViT-L-14 1536.0."""
+    """docs/method.md §2: ViT-B-32 image tower 1359.914, attention-only 665.108 (24·√768), ViT-L-14 1536.0."""
     visual = _meta_visual(arch)
     shapes = [
         tuple(p.shape)

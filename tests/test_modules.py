@@ -29,7 +29,7 @@ def cpu_trainer(**kwargs) -> L.Trainer:
 
 
 def test_modes_registry():
-    """Every mode of method.md §3 is registered under its config name, with and without OrthoReg."""
+    """Every mode of docs/method.md §3 is registered under its config name, with and without OrthoReg."""
     bases = ("standard", "linear", "attn", "lora_attn")
     assert set(MODES) == {*bases, *(f"{b}_ortho" for b in bases)}
     assert MODES["standard"] is StandardFineTuning and MODES["standard_ortho"] is StandardOrthoFineTuning
@@ -85,7 +85,7 @@ def test_theta0_buffers_and_task_vector():
 
 
 def test_penalized_parameters_and_value_at_init():
-    """Penalised: every trainable 2-D weight of the image tower (method.md §2) and nothing else."""
+    """Penalised: every trainable 2-D weight of the image tower (docs/method.md §2) and nothing else."""
     module = StandardOrthoFineTuning(make_classifier(), lam=10.0)
     assert set(module.penalized_names) == TINY_PENALIZED
     trainable = set(module.trainable_names)
@@ -192,7 +192,7 @@ def test_orthogonality_monitor_logs_current_delta():
 
 
 def test_warmup_cosine_schedule():
-    """Linear warm-up from lr/warmup, then cosine to 0 over the remaining optimizer steps (method.md §4)."""
+    """Linear warm-up from lr/warmup, then cosine to 0 over the remaining optimizer steps (docs/method.md §4)."""
     warmup, total = 500, 2500
     assert warmup_cosine(0, warmup, total) == pytest.approx(1 / warmup)
     assert warmup_cosine(warmup - 1, warmup, total) == pytest.approx(1.0)

@@ -1,4 +1,4 @@
-"""The OrthoReg penalty (method.md §2) as a pure function: values, gradients, reference numbers."""
+"""The OrthoReg penalty (docs/method.md §2) as a pure function: values, gradients, reference numbers."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ SHAPES = [(7, 3), (3, 7), (5, 5), (1, 4), (6, 1)]  # tall, wide, square, a row a
 
 
 def direct_penalty(deltas, norm, gram):
-    """The formula of method.md §2 written out, independently of the package."""
+    """The formula of docs/method.md §2 written out, independently of the package."""
     total = 0.0
     for d in deltas:
         rows, cols = d.shape
@@ -115,7 +115,7 @@ def vit_shapes(layers: int, width: int, mlp: int, tokens: int, embed: int) -> li
     ],
 )
 def test_reference_values_at_init(name, shapes, expected):
-    """The unsquared min-side penalty at ΔW=0 reproduces the reference numbers of method.md §2."""
+    """The unsquared min-side penalty at ΔW=0 reproduces the reference numbers of docs/method.md §2."""
     assert penalty_at_zero(shapes, norm="fro", gram="min_side") == pytest.approx(expected, abs=1e-3)
 
 

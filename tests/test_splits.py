@@ -1,4 +1,4 @@
-"""The validation split rule of datasets.md: identical splits make numbers comparable with the papers."""
+"""The validation split rule of docs/data.md: identical splits make numbers comparable with the papers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from orthoreg_pl.data import carve_validation, split_checksum
 
 
 def test_mnist_first_train_index():
-    """datasets.md: for MNIST's 60000-image pool, perm[0] == 36044."""
+    """docs/data.md: for MNIST's 60000-image pool, perm[0] == 36044."""
     train, _ = carve_validation(60000)
     assert int(train[0]) == 36044
 

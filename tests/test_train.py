@@ -23,7 +23,7 @@ from orthoreg_pl.data import carve_validation, load_task, split_checksum
 from orthoreg_pl.models import create_clip
 from orthoreg_pl.modules import MODES
 from orthoreg_pl.task_vectors import load_task_vector
-from orthoreg_pl.training import Skipped, train
+from orthoreg_pl.training.fit import Skipped, train
 
 FAST = "trainer.fast_dev_run=true"
 ALL_MODES = sorted(MODES)

@@ -357,7 +357,7 @@ def test_not_a_boolean_is_refused_on_the_command_line(tmp_path, monkeypatch, cap
 
 
 def test_identity_unchanged_when_off_new_when_on(tmp_path, cache_dir):
-    from orthoreg_pl.run_identity import identity_hash, identity_settings
+    from orthoreg_pl.runs.identity import identity_hash, identity_settings
 
     base = ["experiment=quickstart", "dataset=digits", *path_overrides(tmp_path, cache_dir)]
     off, on = compose_config(base), compose_config([*base, "data.train_cache=true"])
@@ -375,7 +375,7 @@ def test_training_with_the_cache_gives_the_reference_task_vector(tmp_path, cache
     """train.py's machinery on Digits with the tiny CLIP ViT (32 px crops of 32 px images: stored as
     they are): 3 steps with data.train_cache=true give the task vector of the reference path, bit for bit."""
     from orthoreg_pl.task_vectors import load_task_vector
-    from orthoreg_pl.training import train
+    from orthoreg_pl.training.fit import train
 
     vectors = {}
     for flag in ("false", "true"):

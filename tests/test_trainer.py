@@ -9,8 +9,8 @@ import torch
 from conftest import compose_config, path_overrides
 from hydra.utils import instantiate
 
-from orthoreg_pl.run_identity import identity_hash, identity_settings, report_settings
-from orthoreg_pl.trainer import make_trainer
+from orthoreg_pl.runs.identity import identity_hash, identity_settings, report_settings
+from orthoreg_pl.training.trainer import make_trainer
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@
 * Angles between pairs of column vectors of a matrix and their deviation |angle − 90°|: the paper's
   measure of how orthogonal W0, W = θ0 + τ and ΔW = τ are. Big matrices are sampled (pairs among a
   seeded random subset of columns), so the cost stays small enough for a training-time monitor.
-* Per-matrix OrthoReg terms ‖G − I‖_F (min-side Gram, unsquared, method.md §2): their sum is the
+* Per-matrix OrthoReg terms ‖G − I‖_F (min-side Gram, unsquared, docs/method.md §2): their sum is the
   penalty, their split by layer type says where the penalty comes from.
 """
 

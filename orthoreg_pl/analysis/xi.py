@@ -1,4 +1,4 @@
-"""The weight-disentanglement error ξ(α1, α2) (Ortiz-Jimenez et al. 2023; method.md §5), counted from
+"""The weight-disentanglement error ξ(α1, α2) (Ortiz-Jimenez et al. 2023; docs/method.md §5), counted from
 predictions: pure functions, so the definition is tested on hand-made cases.
 
     ξ(α1, α2) = Σ_{t ∈ {1, 2}} P_{x ~ D_t}[ pred(θ0 + α1τ1 + α2τ2; x) ≠ pred(θ0 + αtτt; x) ]

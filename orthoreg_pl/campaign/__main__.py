@@ -9,7 +9,8 @@ import hydra
 from omegaconf import DictConfig
 
 from orthoreg_pl.campaign.runner import run_campaign
-from orthoreg_pl.cli import check_experiment_kind, objective, result_field, run_or_exit
+from orthoreg_pl.config.groups import check_experiment_kind
+from orthoreg_pl.runs.job import objective, result_field, run_or_exit
 
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="campaign")

@@ -15,14 +15,12 @@ from pathlib import Path
 
 from hydra import compose
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from orthoreg_pl.data.layouts import LAYOUTS
 from orthoreg_pl.data.registry import get_task
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.run_identity import identity_hash
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+from orthoreg_pl.runs.identity import campaign_settings, identity_hash
 
 
 @dataclass(frozen=True)
@@ -137,26 +135,6 @@ def _protocols(experiments: DictConfig, merge_base: list[str], arch: str) -> tup
             continue
         running[protocol] = str(experiment)
     return running, skipped
-
-
-def campaign_settings(cfg: DictConfig) -> dict:
-    """What identifies a campaign (``${campaign_hash:}``, its W&B run id): the grid and the experiments."""
-    keys = (
-        "name",
-        "datasets",
-        "modes",
-        "lambdas",
-        "lam",
-        "seeds",
-        "lr",
-        "experiments",
-        "overrides",
-        "objective",
-    )
-    values = {key: cfg.get(key) for key in keys}
-    return {
-        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()
-    }
 
 
 def make_plan(cfg: DictConfig) -> CampaignPlan:

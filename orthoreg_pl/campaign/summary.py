@@ -14,7 +14,6 @@ import math
 import os
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -22,12 +21,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from orthoreg_pl.campaign.plan import CampaignPlan  # noqa: E402
+from orthoreg_pl.campaign.stages import StageResult  # noqa: E402
 from orthoreg_pl.evaluation.report_files import REPORT_FILE, pct  # noqa: E402
+from orthoreg_pl.runs.loggers import finish_wandb  # noqa: E402
 from orthoreg_pl.utils.io import atomic_path, write_json, write_text  # noqa: E402
-
-if TYPE_CHECKING:
-    from orthoreg_pl.campaign.plan import CampaignPlan
-    from orthoreg_pl.campaign.runner import StageResult
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -320,8 +318,6 @@ def log_summary(cfg: DictConfig, plan: CampaignPlan, summary: dict, folder: Path
         return
     import wandb
     from hydra.utils import instantiate
-
-    from orthoreg_pl.loggers import finish_wandb
 
     under_agent = os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID")
     agent_run = {"id": os.environ["WANDB_RUN_ID"]} if under_agent else {}  # `wandb agent` made the run

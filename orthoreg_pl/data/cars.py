@@ -1,4 +1,4 @@
-"""Stanford Cars from its MATLAB devkit files (datasets.md): the layout users already hold.
+"""Stanford Cars from its MATLAB devkit files (docs/data.md): the layout users already hold.
 
 Sample order is the order of the annotation file (as torchvision's StanfordCars reads it), which is
 the order the seed-0 rule carves the validation split from. Label = the annotation's class − 1.

@@ -1,10 +1,10 @@
 """``python -m orthoreg_pl.data check --root DIR``: what is wrong with a data folder, before a long run.
 
-For each dataset: found or missing, images per split against the counts of datasets.md, and the
+For each dataset: found or missing, images per split against the counts of docs/data.md, and the
 first concrete problem (a missing file, a wrong count, an unreadable image) with the path expected.
 :func:`check_dataset` is a pure function returning a report; :func:`main` prints the reports.
 
-Counts: by default a split whose size differs from datasets.md is a problem (the published splits
+Counts: by default a split whose size differs from docs/data.md is a problem (the published splits
 are what make numbers comparable). ``--lenient-counts`` still shows the counts but accepts other
 sizes, e.g. for a subset built to try the pipeline; ``expected=`` overrides the table in code.
 
@@ -133,9 +133,9 @@ def check_dataset(
     expected: Mapping[str, int] | None = None,
     workers: int = 1,
 ) -> DatasetReport:
-    """Check one dataset under ``root`` against datasets.md; returns the report, never raises on bad data.
+    """Check one dataset under ``root`` against docs/data.md; returns the report, never raises on bad data.
 
-    ``expected`` (split -> images) replaces the counts of datasets.md, e.g. for a tree built by tests.
+    ``expected`` (split -> images) replaces the counts of docs/data.md, e.g. for a tree built by tests.
     """
     if images not in IMAGE_MODES:
         raise ValueError(f"images must be one of {IMAGE_MODES}, not {images!r}")
@@ -148,7 +148,7 @@ def check_dataset(
         return report
     if not folder.exists():
         report.status = "missing"
-        report.problem = f"{folder} not found; datasets.md layout: {layout.expects}"
+        report.problem = f"{folder} not found; docs/data.md layout: {layout.expects}"
         return report
     try:
         with tempfile.TemporaryDirectory() as cache:  # real datasets write nothing there
@@ -167,7 +167,7 @@ def check_dataset(
         if wrong is not None:
             report.problem = (
                 f"wrong count: {wrong.split.replace('_', ' ')} has {wrong.found} images under {folder}, "
-                f"datasets.md expects {wrong.expected}"
+                f"docs/data.md expects {wrong.expected}"
             )
             return report
     for split in SPLITS:
@@ -216,7 +216,7 @@ def print_reports(reports: Sequence[DatasetReport], console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title="data root vs datasets.md (images found / expected)")
+    table = Table(title="data root vs docs/data.md (images found / expected)")
     table.add_column("dataset")
     table.add_column("status")
     for column in ("classes", "train pool", "val", "test"):
@@ -239,7 +239,7 @@ def print_reports(reports: Sequence[DatasetReport], console=None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orthoreg_pl.data", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="check a data root against the layouts of datasets.md")
+    check = commands.add_parser("check", help="check a data root against the layouts of docs/data.md")
     check.add_argument("--root", required=True, help="the data root (paths.data_root)")
     check.add_argument("--tasks", nargs="+", help=f"datasets to check (default: all of {', '.join(LAYOUTS)})")
     check.add_argument(
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument(
         "--lenient-counts",
         action="store_true",
-        help="show split sizes but accept sizes other than datasets.md",
+        help="show split sizes but accept sizes other than docs/data.md",
     )
     check.add_argument(
         "--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes for the image check"

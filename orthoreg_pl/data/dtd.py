@@ -1,4 +1,4 @@
-"""DTD (Describable Textures), split 1, as an ImageFolder pair (datasets.md): ``dtd/train`` is the
+"""DTD (Describable Textures), split 1, as an ImageFolder pair (docs/data.md): ``dtd/train`` is the
 train pool (split-1 train+val), ``dtd/val`` is used as the test set. Class names: folder, ``_`` → space."""
 
 from __future__ import annotations

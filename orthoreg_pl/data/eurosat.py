@@ -1,4 +1,4 @@
-"""EuroSAT in the re-split layout of the literature (datasets.md): ``EuroSAT_splits/{train,val,test}``
+"""EuroSAT in the re-split layout of the literature (docs/data.md): ``EuroSAT_splits/{train,val,test}``
 ImageFolders. EuroSAT ships its own validation folder, so nothing is carved from the train pool.
 Class names map the folders through ``folder_to_classname`` of zeroshot_prompts.json."""
 

@@ -58,13 +58,13 @@ def read_image(dataset: str, path: str | Path) -> Image.Image:
 
 def require_dir(dataset: str, path: Path, what: str, expects: str) -> Path:
     if not path.is_dir():
-        raise OrthoRegError(f"{dataset}: {what} {path} not found; datasets.md layout: {expects}")
+        raise OrthoRegError(f"{dataset}: {what} {path} not found; docs/data.md layout: {expects}")
     return path
 
 
 def require_file(dataset: str, path: Path, what: str, expects: str) -> Path:
     if not path.is_file():
-        raise OrthoRegError(f"{dataset}: {what} {path} not found; datasets.md layout: {expects}")
+        raise OrthoRegError(f"{dataset}: {what} {path} not found; docs/data.md layout: {expects}")
     return path
 
 
@@ -195,7 +195,7 @@ def image_folder(
         extra = sorted(set(found) - set(classes))
         raise OrthoRegError(
             f"{dataset}: {directory} holds {len(found)} class folders, expected the {len(classes)} of "
-            f"datasets.md (missing: {_few(missing)}; unexpected: {_few(extra)}); layout: {expects}"
+            f"docs/data.md (missing: {_few(missing)}; unexpected: {_few(extra)}); layout: {expects}"
         )
     if len(found) != num_classes:
         raise OrthoRegError(

@@ -1,4 +1,4 @@
-"""GTSRB in torchvision's layout (datasets.md): the 43 training class folders ``00000..00042`` of
+"""GTSRB in torchvision's layout (docs/data.md): the 43 training class folders ``00000..00042`` of
 ``*.ppm`` files are the train pool (in ImageFolder order); the test set is the images listed, with
 their labels, in ``gtsrb/GT-final_test.csv``. Class names: the 43 of zeroshot_prompts.json."""
 

@@ -1,4 +1,4 @@
-"""ImageNet (ILSVRC-2012), the control set of task negation (datasets.md): ``imagenet/train/<wnid>``
+"""ImageNet (ILSVRC-2012), the control set of task negation (docs/data.md): ``imagenet/train/<wnid>``
 is the pool ImageNetVal (5000 images) is carved from by the seed-0 rule; the 50000 validation images
 (``imagenet/val_in_folder/<wnid>``, else ``imagenet/val/<wnid>``) are the test set. Never downloaded.
 Class names: the 1000 of zeroshot_prompts.json, in sorted-wnid order."""

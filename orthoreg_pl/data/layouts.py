@@ -1,4 +1,4 @@
-"""The on-disk layouts of datasets.md and their expected sizes: one table, read by loaders and the check.
+"""The on-disk layouts of docs/data.md and their expected sizes: one table, read by loaders and the check.
 
 Loaders quote ``expects`` in every error so a user sees what the folder should look like; the check
 command compares the images it finds per split with ``counts``.
@@ -21,7 +21,7 @@ class Layout:
     folder: str  # the dataset's folder under the data root
     num_classes: int
     counts: Mapping[str, int]  # images per split (SPLITS) in the published data
-    expects: str  # the layout of datasets.md in one line, quoted in errors
+    expects: str  # the layout of docs/data.md in one line, quoted in errors
     control: bool = False  # ImageNet: the control set of task negation, not one of the eight tasks
 
 

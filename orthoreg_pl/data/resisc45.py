@@ -1,4 +1,4 @@
-"""RESISC45 from the split lists of the literature (datasets.md): ``resisc45/resisc45-{train,test}.txt``
+"""RESISC45 from the split lists of the literature (docs/data.md): ``resisc45/resisc45-{train,test}.txt``
 name the images of each split (``airplane_001.jpg`` lies in ``NWPU-RESISC45/airplane/``); the val
 list is unused (validation is carved from the train pool).
 
@@ -59,7 +59,7 @@ def load_resisc45(data_root: Path, cache_dir: Path) -> TaskData:
         missing, extra = sorted(set(folders) - set(found)), sorted(set(found) - set(folders))
         raise OrthoRegError(
             f"RESISC45: {images} holds {len(found)} class folders, expected the {len(folders)} of "
-            f"datasets.md (missing: {', '.join(missing[:5]) or 'none'}; unexpected: {', '.join(extra[:5]) or 'none'}); "
+            f"docs/data.md (missing: {', '.join(missing[:5]) or 'none'}; unexpected: {', '.join(extra[:5]) or 'none'}); "
             f"layout: {LAYOUT.expects}"
         )
     class_index = {f: i for i, f in enumerate(sorted(folders))}

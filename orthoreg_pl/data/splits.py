@@ -1,4 +1,4 @@
-"""The validation split rule of the task-arithmetic literature (datasets.md), and its checksum."""
+"""The validation split rule of the task-arithmetic literature (docs/data.md), and its checksum."""
 
 from __future__ import annotations
 

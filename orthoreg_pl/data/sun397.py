@@ -1,4 +1,4 @@
-"""SUN397 as an ImageFolder pair (datasets.md): ``sun397/train`` (the Training_01 list) is the train
+"""SUN397 as an ImageFolder pair (docs/data.md): ``sun397/train`` (the Training_01 list) is the train
 pool, ``sun397/val`` (Testing_01) is used as the test set. Class folders look like ``a_abbey``; the
 class name is the folder minus its first 2 characters, ``_`` → space."""
 

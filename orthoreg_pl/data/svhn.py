@@ -1,4 +1,4 @@
-"""SVHN from torchvision's files (datasets.md): ``svhn/{train,test}_32x32.mat``, read with scipy as
+"""SVHN from torchvision's files (docs/data.md): ``svhn/{train,test}_32x32.mat``, read with scipy as
 torchvision reads them (label 10 means digit 0), without torchvision's md5 check, so a copy of the
 files that is not byte-identical to the download still loads, and nothing is ever downloaded."""
 

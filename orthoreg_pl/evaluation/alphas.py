@@ -1,4 +1,4 @@
-"""The α-selection rules of the evaluation protocols (method.md §5), as pure functions.
+"""The α-selection rules of the evaluation protocols (docs/method.md §5), as pure functions.
 
 Addition: one α for all tasks, the one maximising the mean over tasks of acc(θ(α), XVal) / acc_ft(XVal).
 Negation: per task, among the α whose control accuracy stays ≥ threshold × zero-shot control accuracy,

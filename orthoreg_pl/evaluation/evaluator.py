@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from orthoreg_pl.data import TaskDataModule, eval_dataloader
 from orthoreg_pl.evaluation.engine import MergeEvalModule, evaluate_alphas
-from orthoreg_pl.evaluation.references import ReferenceCache
+from orthoreg_pl.evaluation.references import ZEROSHOT, ReferenceCache, measure, reference_key
 from orthoreg_pl.models import (
     ImageClassifier,
     create_clip,
@@ -60,7 +60,14 @@ class MergeEvaluator:
         self.precision = str(self.trainer.precision)
         self.matmul_precision = torch.get_float32_matmul_precision()  # set by the Trainer's config
         self.device_type = self.trainer.strategy.root_device.type
-        self.references = ReferenceCache(Path(cfg.paths.cache_dir) / "references", self)
+        self.setting = {
+            "arch": self.arch,
+            "pretrained": self.identity,
+            "precision": self.precision,
+            "matmul_precision": self.matmul_precision,
+            "device": self.device_type,
+        }
+        self.references = ReferenceCache(Path(cfg.paths.cache_dir) / "references", self.trainer)
 
     def accuracy(self, task: str, split: str, vector: TaskVector | None, alphas: list[float]) -> list[float]:
         closed_form = vector is not None and vector.info is not None and vector.info.space == "tangent"
@@ -74,6 +81,20 @@ class MergeEvaluator:
             alphas,
             closed_form,
         )
+
+    def reference_key(self, task: str, split: str, vector: TaskVector | None) -> dict:
+        return reference_key(self.setting, task, split, self.checksums[task], self.preprocess[task], vector)
+
+    def task_references(self, vectors: dict[str, TaskVector]) -> dict[str, dict[str, dict[str, float]]]:
+        """task -> {"zeroshot": {val, test}, "finetuned": {val, test}}, at the merge's precision."""
+        return {
+            task: measure(self.references, self.reference_key, self.accuracy, task, vector)
+            for task, vector in vectors.items()
+        }
+
+    def zeroshot_reference(self, task: str) -> dict[str, float]:
+        """{val, test} of θ0 on ``task`` (e.g. the negation control), at the merge's precision."""
+        return measure(self.references, self.reference_key, self.accuracy, task, None)[ZEROSHOT]
 
 
 def _plain(value: object) -> object:

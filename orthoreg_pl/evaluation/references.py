@@ -13,32 +13,41 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import lightning as L
 
 from orthoreg_pl.task_vectors import TaskVector
 from orthoreg_pl.utils.io import sha256_text, write_json
 
-if TYPE_CHECKING:  # the evaluator owns a ReferenceCache
-    from orthoreg_pl.evaluation.evaluator import MergeEvaluator
-
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
 ZEROSHOT, FINETUNED = "zeroshot", "finetuned"
+KeyOf = Callable[[str, str, "TaskVector | None"], dict]  # (task, split, vector) -> cache key
+Accuracy = Callable[[str, str, "TaskVector | None", list], list]  # (task, split, vector, alphas)
 
 
-def reference_key(evaluator: MergeEvaluator, task: str, split: str, vector: TaskVector | None) -> dict:
-    """Everything an accuracy of θ0 (``vector`` None) or θ0 + τ depends on."""
+def reference_key(
+    setting: Mapping[str, str],
+    task: str,
+    split: str,
+    checksum: str,
+    preprocess: dict,
+    vector: TaskVector | None,
+) -> dict:
+    """Everything an accuracy of θ0 (``vector`` None) or θ0 + τ depends on: the evaluation ``setting``
+    (arch, pretrained, precision, matmul_precision, device) and the task's split and preprocessing."""
     return {
-        "arch": evaluator.arch,
-        "pretrained": evaluator.identity,
+        "arch": setting["arch"],
+        "pretrained": setting["pretrained"],
         "task": task,
         "split": split,
-        "split_checksum": evaluator.checksums[task],
-        "preprocess": evaluator.preprocess[task],
-        "precision": evaluator.precision,
-        "matmul_precision": evaluator.matmul_precision,
-        "device": evaluator.device_type,
+        "split_checksum": checksum,
+        "preprocess": preprocess,
+        "precision": setting["precision"],
+        "matmul_precision": setting["matmul_precision"],
+        "device": setting["device"],
         "weights": "θ0" if vector is None else f"θ0+τ {vector.info.space} sha256:{vector.info.checksum}",
     }
 
@@ -50,8 +59,8 @@ class ReferenceCache:
     first evaluation, and they replay what rank 0 did before it); once the processes are connected,
     rank 0's answer is broadcast, so all of them measure the same references together."""
 
-    def __init__(self, folder: str | Path, evaluator: MergeEvaluator) -> None:
-        self.folder, self.evaluator = Path(folder), evaluator
+    def __init__(self, folder: str | Path, trainer: L.Trainer) -> None:
+        self.folder, self.trainer = Path(folder), trainer
         self.memo: dict[str, float] = {}
 
     def _path(self, key: dict) -> tuple[str, Path]:
@@ -68,7 +77,7 @@ class ReferenceCache:
                     value = float(stored["accuracy"]) if stored.get("key") == key else None
                 except (OSError, ValueError, KeyError, TypeError):
                     value = None  # a broken entry is measured again
-            value = self.evaluator.trainer.strategy.broadcast(value, src=0)
+            value = self.trainer.strategy.broadcast(value, src=0)
             if value is None:
                 return None
             self.memo[digest] = value
@@ -77,43 +86,31 @@ class ReferenceCache:
     def put(self, key: dict, accuracy: float) -> None:
         digest, path = self._path(key)
         self.memo[digest] = accuracy
-        if self.evaluator.trainer.is_global_zero:
+        if self.trainer.is_global_zero:
             write_json(path, {"key": key, "accuracy": accuracy})
 
 
 def measure(
-    evaluator: MergeEvaluator, cache: ReferenceCache, task: str, vector: TaskVector | None
+    cache: ReferenceCache, key_of: KeyOf, accuracy: Accuracy, task: str, vector: TaskVector | None
 ) -> dict[str, dict[str, float]]:
     """{"zeroshot": {val, test}} and, with a vector, {"finetuned": {val, test}}: what the cache lacks is
     measured in one pass per split (α = 0 and 1 on the engine's in-place weights)."""
     out: dict[str, dict[str, float]] = {ZEROSHOT: {}, **({FINETUNED: {}} if vector is not None else {})}
     for split in SPLITS:
-        keys = {ZEROSHOT: reference_key(evaluator, task, split, None)}
+        keys = {ZEROSHOT: key_of(task, split, None)}
         if vector is not None:
-            keys[FINETUNED] = reference_key(evaluator, task, split, vector)
+            keys[FINETUNED] = key_of(task, split, vector)
         known = {which: cache.get(key) for which, key in keys.items()}
         missing = [which for which, value in known.items() if value is None]
         if missing:
             alphas = [0.0 if which == ZEROSHOT else 1.0 for which in missing]
-            measured = evaluator.accuracy(task, split, vector if FINETUNED in missing else None, alphas)
-            for which, accuracy in zip(missing, measured, strict=True):
-                cache.put(keys[which], accuracy)
-                known[which] = accuracy
+            measured = accuracy(task, split, vector if FINETUNED in missing else None, alphas)
+            for which, value in zip(missing, measured, strict=True):
+                cache.put(keys[which], value)
+                known[which] = value
         for which, value in known.items():
             out[which][split] = value
     return out
-
-
-def task_references(
-    evaluator: MergeEvaluator, vectors: dict[str, TaskVector]
-) -> dict[str, dict[str, dict[str, float]]]:
-    """task -> {"zeroshot": {val, test}, "finetuned": {val, test}}, at the merge's precision."""
-    return {task: measure(evaluator, evaluator.references, task, vector) for task, vector in vectors.items()}
-
-
-def zeroshot_reference(evaluator: MergeEvaluator, task: str) -> dict[str, float]:
-    """{val, test} of θ0 on ``task`` (e.g. the negation control), at the merge's precision."""
-    return measure(evaluator, evaluator.references, task, None)[ZEROSHOT]
 
 
 def cross_check(

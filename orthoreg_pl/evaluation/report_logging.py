@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from orthoreg_pl.evaluation.figure_logging import log_figures
 from orthoreg_pl.evaluation.report_files import REPORT_FILE, rows
-from orthoreg_pl.loggers import finish_wandb
+from orthoreg_pl.runs.loggers import finish_wandb
 
 
 def log_report(cfg: DictConfig, report: dict) -> None:

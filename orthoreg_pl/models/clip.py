@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.run_identity import weights_identity
+from orthoreg_pl.utils.io import weights_identity
 from orthoreg_pl.utils.safe_load import unsafe_pickle_message
 
 TINY_ARCH = "orthoreg-tiny-vit"

@@ -1,4 +1,4 @@
-"""Zero-shot classification heads (method.md §4), cached on disk as safetensors.
+"""Zero-shot classification heads (docs/method.md §4), cached on disk as safetensors.
 
 A head is built once per (architecture, pretrained weights, task, prompts) with the CLIP text
 tower and reused by every run, mode and merge; the text tower is then no longer needed.
@@ -102,7 +102,7 @@ def load_or_build_head(
 
 
 class ZeroShotHead(nn.Module):
-    """Frozen linear head on the L2-normalised image embedding; no bias (method.md §4)."""
+    """Frozen linear head on the L2-normalised image embedding; no bias (docs/method.md §4)."""
 
     def __init__(self, weight: Tensor) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""One LightningModule per fine-tuning mode (method.md §3), over a small shared base."""
+"""One LightningModule per fine-tuning mode (docs/method.md §3), over a small shared base."""
 
 from orthoreg_pl.modules.attention import AttentionFineTuning, AttentionOrthoFineTuning
 from orthoreg_pl.modules.base import FineTuneModule

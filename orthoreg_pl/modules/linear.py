@@ -1,4 +1,4 @@
-"""Linearized fine-tuning (Tangent Task Arithmetic), without and with OrthoReg (method.md §3).
+"""Linearized fine-tuning (Tangent Task Arithmetic), without and with OrthoReg (docs/method.md §3).
 
 θ (all image-tower parameters) trains from θ0; the encoder is f(θ0; x) + J f(θ0; x)·(θ − θ0). θ0 is
 the base module's non-persistent buffers, so nothing is copied per step. The task vector θ − θ0

@@ -1,4 +1,4 @@
-"""Non-linear fine-tuning of the whole image tower, without and with OrthoReg (method.md §3)."""
+"""Non-linear fine-tuning of the whole image tower, without and with OrthoReg (docs/method.md §3)."""
 
 from orthoreg_pl.modules.base import FineTuneModule
 

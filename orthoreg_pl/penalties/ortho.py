@@ -1,4 +1,4 @@
-"""The OrthoReg penalty as a pure function of the weight updates ΔW = W − W0 (method.md §2).
+"""The OrthoReg penalty as a pure function of the weight updates ΔW = W − W0 (docs/method.md §2).
 
 For each matrix ΔW [rows, cols] the penalty adds ``‖G − I_k‖_F`` (``norm="fro"``, the reference
 code) or ``‖G − I_k‖_F²`` (``norm="fro_squared"``, the paper), where G is a Gram matrix of ΔW:
@@ -135,7 +135,7 @@ def _check_matrices(tensors: Sequence[Tensor], norm: str, gram: str) -> None:
 
 
 def ortho_penalty(deltas: Sequence[Tensor], norm: Norm = "fro", gram: Gram = "min_side") -> Tensor:
-    """Σ over matrices of ‖G − I‖_F (or its square): the OrthoReg penalty of method.md §2.
+    """Σ over matrices of ‖G − I‖_F (or its square): the OrthoReg penalty of docs/method.md §2.
 
     ``deltas`` are 2-D weight updates ΔW = W − W0; gradients flow back to them exactly.
     """

@@ -1,4 +1,5 @@
-"""Task vectors: name → tensor maps θ − θ0 with provenance, their algebra, and safetensors I/O."""
+"""Task vectors: name → tensor maps θ − θ0 with provenance, their algebra, safetensors I/O, and the
+publishing of a finished run."""
 
 from orthoreg_pl.task_vectors.compat import check_compatible, mode_family
 from orthoreg_pl.task_vectors.io import (
@@ -9,6 +10,7 @@ from orthoreg_pl.task_vectors.io import (
     load_task_vector,
     save_task_vector,
 )
+from orthoreg_pl.task_vectors.publish import publish_run
 from orthoreg_pl.task_vectors.vector import (
     TaskVector,
     TaskVectorInfo,
@@ -29,6 +31,7 @@ __all__ = [
     "load_run",
     "load_task_vector",
     "mode_family",
+    "publish_run",
     "save_task_vector",
     "sum_vectors",
 ]

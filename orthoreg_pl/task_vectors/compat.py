@@ -1,7 +1,7 @@
 """Whether task vectors may be added together, with an error that names what differs.
 
 Adding vectors of different architectures or pretrained weights is meaningless, and a linearized
-(tangent-space) vector is a direction for the linearized model only (method.md §3): it never mixes
+(tangent-space) vector is a direction for the linearized model only (docs/method.md §3): it never mixes
 with a non-linear one. Modes of one family mix (``standard`` with ``standard_ortho``).
 """
 

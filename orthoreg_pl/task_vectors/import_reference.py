@@ -2,7 +2,7 @@
 
 ``python -m orthoreg_pl.task_vectors.import_reference --src checkpoints_1993/standard_1e-05_ViT-B-32
 --out reference_runs`` turns every ``{Dataset}Val/`` folder of a reference mode folder into a finished
-run folder (task_vector.safetensors + meta.json, as ``training.py`` publishes them), so ``merge.py
+run folder (task_vector.safetensors + meta.json, as ``training/fit.py`` publishes them), so ``merge.py
 paths.runs_dir=reference_runs`` (or ``source=reference``) merges the authors' task vectors like
 native ones. Nothing from the files is executed (safe_unpickle.py). An import is all or nothing: the
 run folders are built in a staging folder inside ``--out`` and moved into place once every task
@@ -23,11 +23,12 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from orthoreg_pl.config import format_lambda
+from orthoreg_pl.config.lam import format_lambda
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.run_folder import FINISHED, META_FILE, now, publish_run, read_meta, run_status, start_meta
-from orthoreg_pl.run_identity import identity_hash
+from orthoreg_pl.runs.folder import FINISHED, META_FILE, now, read_meta, run_status, start_meta
+from orthoreg_pl.runs.identity import identity_hash
 from orthoreg_pl.task_vectors.compat import mode_family
+from orthoreg_pl.task_vectors.publish import publish_run
 from orthoreg_pl.task_vectors.reference_formats import (
     DEFAULT_LORA_ALPHA,
     ArchLayout,
@@ -47,7 +48,7 @@ from orthoreg_pl.task_vectors.reference_names import (
 from orthoreg_pl.utils.io import sha256_file
 
 SOURCE = "reference"  # meta["identity"]["settings"]["source"] of an imported run
-NORM, GRAM = "fro", "min_side"  # the reference code's penalty form (method.md §2)
+NORM, GRAM = "fro", "min_side"  # the reference code's penalty form (docs/method.md §2)
 _FORMATS = {
     "standard": "pickled ImageEncoder modules",
     "linear": "positional state dict (params / params0)",

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.run_folder import FINISHED, META_FILE, read_meta, run_status
-from orthoreg_pl.run_identity import differing, same_value
+from orthoreg_pl.runs.folder import FINISHED, META_FILE, read_meta, run_status
+from orthoreg_pl.runs.identity import differing, same_value
 from orthoreg_pl.task_vectors.compat import mode_family
 from orthoreg_pl.task_vectors.vector import TaskVector, TaskVectorInfo, describe_keys
 from orthoreg_pl.utils.io import atomic_path, sha256_file

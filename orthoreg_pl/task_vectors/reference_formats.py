@@ -1,4 +1,4 @@
-"""Task vectors from the reference implementation's checkpoint formats (interop.md), in the key space
+"""Task vectors from the reference implementation's checkpoint formats (docs/import.md), in the key space
 and dtype of this project's native runs: image-tower names (``visual.*``), float32.
 
 * standard: two pickled ``ImageEncoder`` modules (read by :mod:`safe_unpickle`); τ = θ_ft − θ_zs for

@@ -1,4 +1,4 @@
-"""What the reference implementation's folder and file names say (interop.md): mode, lr, λ, backbone,
+"""What the reference implementation's folder and file names say (docs/import.md): mode, lr, λ, backbone,
 seed and task, parsed strictly so a misread folder stops the import instead of mislabelling a run."""
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash leaves no partial one."""
+"""Atomic file writes (a reader never sees a half-written file, a crash leaves no partial one) and
+content hashes of files and texts."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -55,3 +57,18 @@ def sha256_text(*parts: str) -> str:
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def weights_identity(pretrained: str) -> str:
+    """A weights file as its name and content hash (where it lies does not make another θ0, what it
+    holds does); anything that is not a file (an open_clip tag) as itself."""
+    path = Path(pretrained)
+    if not path.is_file():
+        return pretrained
+    stat = path.stat()
+    return _file_identity(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_identity(path: str, size: int, mtime_ns: int) -> str:
+    return f"{Path(path).name}-sha256:{sha256_file(path)[:16]}"  # hashed once per file version and process

@@ -1,4 +1,4 @@
-"""Task addition (method.md §5): θ0 + α·merge(τ_1..τ_T), one α for all tasks chosen on validation."""
+"""Task addition (docs/method.md §5): θ0 + α·merge(τ_1..τ_T), one α for all tasks chosen on validation."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from omegaconf import DictConfig
 
 from orthoreg_pl.evaluation.alphas import normalized_mean_curve, select_addition_alpha
 from orthoreg_pl.evaluation.evaluator import MergeEvaluator
-from orthoreg_pl.evaluation.protocols.common import mean_row
-from orthoreg_pl.evaluation.references import task_references
+from orthoreg_pl.evaluation.protocols.common import Protocol, mean_row
 from orthoreg_pl.task_vectors import TaskVector
 
 
@@ -16,7 +15,7 @@ def run_addition(
     cfg: DictConfig, evaluator: MergeEvaluator, vectors: dict[str, TaskVector], alphas: list[float]
 ) -> dict:
     merged = instantiate(cfg.merge_method)(list(vectors.values()))
-    refs = task_references(evaluator, vectors)  # at this merge's precision: the Norm.Acc denominators
+    refs = evaluator.task_references(vectors)  # at this merge's precision: the Norm.Acc denominators
     val = {task: evaluator.accuracy(task, "val", merged, alphas) for task in vectors}
     normalized = normalized_mean_curve(val, {t: refs[t]["finetuned"]["val"] for t in vectors})
     best = select_addition_alpha(alphas, normalized)
@@ -38,3 +37,6 @@ def run_addition(
         "mean": mean_row(per_task, columns),
         "references": refs,
     }
+
+
+ADDITION = Protocol("addition", run_addition, objectives=("val_norm",))

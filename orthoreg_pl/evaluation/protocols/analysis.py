@@ -2,7 +2,7 @@
 
 (a) cosine similarity between the task vectors of different tasks (whole vector and per layer type);
 (b) the distribution of |angle − 90°| between weight columns of W0, θ0 + τ and τ, per layer type;
-(c) the weight-disentanglement error ξ(α1, α2) on a grid for chosen task pairs (method.md §5),
+(c) the weight-disentanglement error ξ(α1, α2) on a grid for chosen task pairs (docs/method.md §5),
     on the merge engine (encoder built once, weights written in place; two JVPs per batch for
     linearized vectors);
 (d) the addition and negation α curves of the modes, read from report.json files that exist.
@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from orthoreg_pl.analysis.curves import collect_curves
 from orthoreg_pl.analysis.figures import (
     alpha_curves_figure,
     angle_histogram_figures,
@@ -43,15 +42,18 @@ from orthoreg_pl.analysis.geometry import (
 )
 from orthoreg_pl.analysis.layers import group_by_type
 from orthoreg_pl.analysis.markdown import analysis_markdown, offdiagonal
-from orthoreg_pl.config import format_lambda
+from orthoreg_pl.config.lam import effective_lambda, format_lambda
 from orthoreg_pl.data import eval_dataloader
 from orthoreg_pl.data.eval_cache import CachedBatches
 from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.evaluation.curves import collect_curves
 from orthoreg_pl.evaluation.disentanglement import xi_grid
 from orthoreg_pl.evaluation.evaluator import MergeEvaluator
-from orthoreg_pl.evaluation.protocols.common import inputs, mean_row
-from orthoreg_pl.evaluation.references import task_references
-from orthoreg_pl.task_vectors import TaskVector, check_compatible, find_runs, load_run
+from orthoreg_pl.evaluation.protocols.common import Protocol, inputs, mean_row
+from orthoreg_pl.evaluation.selection import check_splits, find_mode_runs, load_vectors, selected_settings
+from orthoreg_pl.modules import MODES
+from orthoreg_pl.runs.folder import read_meta
+from orthoreg_pl.task_vectors import TaskVector
 from orthoreg_pl.utils.io import write_text
 
 log = logging.getLogger(__name__)
@@ -87,8 +89,6 @@ def _container(cfg: DictConfig, key: str, default: object = None) -> object:
 
 def mode_specs(cfg: DictConfig, own: ModeSpec) -> list[ModeSpec]:
     """``protocol.modes`` checked; the pipeline's own (mode, λ) first, added when the list lacks it."""
-    from orthoreg_pl.modules import MODES
-
     raw = _container(cfg, "protocol.modes") or []
     if not isinstance(raw, list):
         raise OrthoRegError(
@@ -179,9 +179,7 @@ def _boolean(cfg: DictConfig, key: str, default: bool) -> bool:
 
 def validate_analysis(cfg: DictConfig) -> None:
     """Every analysis option checked from the config alone, before anything is built (for
-    validation.validate_merge): the same checks the protocol makes when it starts."""
-    from orthoreg_pl.training import effective_lambda
-
+    evaluation/validation.py): the same checks the protocol makes when it starts."""
     check_settings(cfg)
     mode_specs(cfg, ModeSpec(str(cfg.mode.name), effective_lambda(cfg)))
 
@@ -190,20 +188,13 @@ def mode_checksums(cfg: DictConfig) -> dict[str, dict[str, str | None]]:
     """label -> task -> the task-vector sha256 each mode's run recorded in meta.json (found as the
     protocol finds them; no file is hashed): what a finished analysis report must match to be reused
     (the pipeline's own inputs cover merge.py's mode only)."""
-    from orthoreg_pl.evaluation.pipeline import selected_settings  # the pipeline imports the protocols
-    from orthoreg_pl.run_folder import read_meta
-    from orthoreg_pl.training import effective_lambda
-
     tasks = list(cfg.tasks)
     out = {}
     for k, spec in enumerate(mode_specs(cfg, ModeSpec(str(cfg.mode.name), effective_lambda(cfg)))):
         settings = (
             selected_settings(cfg) if k == 0 else spec.settings
         )  # merge.py's own runs: as it selects them
-        runs = find_runs(
-            cfg.paths.runs_dir, arch=cfg.model.arch, mode=spec.mode, lam=spec.lam, tasks=tasks, seed=cfg.seed,
-            settings=settings,
-        )  # fmt: skip
+        runs = find_mode_runs(cfg, spec.mode, spec.lam, tasks, settings)
         out[spec.label] = {t: read_meta(runs[t]).get("task_vector_sha256") for t in tasks}
     return out
 
@@ -214,20 +205,7 @@ def mode_checksums(cfg: DictConfig) -> dict[str, dict[str, str | None]]:
 def load_mode(cfg: DictConfig, spec: ModeSpec, tasks: Sequence[str], evaluator: MergeEvaluator) -> dict:
     """task -> TaskVector of ``spec``'s runs (same arch, seed and tasks as the merge), checked as the
     pipeline checks its own: they fit together, come from this θ0 and were split as evaluated here."""
-    from orthoreg_pl.evaluation.pipeline import check_splits  # the pipeline imports the protocols
-
-    runs = find_runs(
-        cfg.paths.runs_dir, arch=cfg.model.arch, mode=spec.mode, lam=spec.lam, tasks=tasks, seed=cfg.seed,
-        settings=spec.settings,
-    )  # fmt: skip
-    vectors = {task: load_run(runs[task]) for task in tasks}
-    check_compatible(list(vectors.values()))
-    for vector in vectors.values():
-        if vector.info.pretrained != evaluator.identity:
-            raise OrthoRegError(
-                f"task vector {vector.info.source} was fine-tuned from {vector.info.pretrained!r}, "
-                f"but model.pretrained gives {evaluator.identity!r}"
-            )
+    vectors = load_vectors(cfg, spec.mode, spec.lam, tasks, spec.settings, evaluator.identity)
     check_splits(vectors, evaluator.checksums)
     return vectors
 
@@ -359,13 +337,11 @@ def run_analysis(
 ) -> dict:
     """Cosines, column angles, ξ grids and α curves of every mode; figures and report.md in
     ``paths.output_dir``. ``alphas`` is the ξ grid of both coefficients."""
-    from orthoreg_pl.training import effective_lambda
-
     settings = check_settings(cfg)
     tasks = list(cfg.tasks)
     own = ModeSpec(str(cfg.mode.name), effective_lambda(cfg))
     specs = mode_specs(cfg, own)
-    refs = task_references(evaluator, vectors)  # cached: what the pipeline's cross-check reads
+    refs = evaluator.task_references(vectors)  # cached: what the pipeline's cross-check reads
     sets = {own.label: vectors}
     for spec in specs[1:]:
         sets[spec.label] = load_mode(cfg, spec, tasks, evaluator)
@@ -451,3 +427,13 @@ def run_analysis(
         },  # fmt: skip
         "markdown": markdown,
     }
+
+
+def _same_modes(cfg: DictConfig, report: dict) -> bool:
+    """A finished analysis is reused only if every compared mode's runs are unchanged."""
+    return (report.get("analysis") or {}).get("mode_checksums") == mode_checksums(cfg)
+
+
+ANALYSIS = Protocol(
+    "analysis", run_analysis, objectives=("xi_mean",), check=validate_analysis, still_fits=_same_modes
+)

@@ -1,4 +1,4 @@
-"""Task negation (method.md §5): per task θ0 − α·τ, α keeping the control task above threshold × zero-shot."""
+"""Task negation (docs/method.md §5): per task θ0 − α·τ, α keeping the control task above threshold × zero-shot."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import statistics
 
 from omegaconf import DictConfig
 
+from orthoreg_pl.config.validation import Rule, number
+from orthoreg_pl.data.registry import task_names
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.evaluation.alphas import select_negation_alpha
 from orthoreg_pl.evaluation.evaluator import MergeEvaluator
-from orthoreg_pl.evaluation.protocols.common import mean_row
-from orthoreg_pl.evaluation.references import task_references, zeroshot_reference
+from orthoreg_pl.evaluation.protocols.common import Protocol, mean_row
 from orthoreg_pl.task_vectors import TaskVector
 
 
@@ -18,12 +19,12 @@ def run_negation(
     cfg: DictConfig, evaluator: MergeEvaluator, vectors: dict[str, TaskVector], alphas: list[float]
 ) -> dict:
     control = cfg.protocol.control
-    control_zeroshot = zeroshot_reference(evaluator, control)
+    control_zeroshot = evaluator.zeroshot_reference(control)
     if control_zeroshot["val"] <= 0:
         raise OrthoRegError(
             f"control task {control!r} has zero zero-shot validation accuracy: no reference to keep"
         )
-    refs = task_references(evaluator, vectors)
+    refs = evaluator.task_references(vectors)
     negative = [-a for a in alphas]
     per_task, curves, target_val_at = {}, {}, {}
     for task, vector in vectors.items():
@@ -55,3 +56,19 @@ def run_negation(
         "mean": mean_row(per_task, columns),
         "references": refs,
     }
+
+
+def _control_rule(_cfg: DictConfig) -> Rule:
+    names = task_names()
+    return Rule("protocol.control", lambda v: v in names, f"a task among {', '.join(names)}")
+
+
+NEGATION = Protocol(
+    "negation",
+    run_negation,
+    objectives=("target_val",),
+    rules=(
+        Rule("protocol.threshold", number(0.0, 1.0, low_open=True), "a fraction in (0, 1]"),
+        _control_rule,
+    ),
+)

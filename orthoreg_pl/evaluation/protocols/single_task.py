@@ -1,4 +1,4 @@
-"""Single-task references (method.md §5): zero-shot θ0 and fine-tuned θ0 + τ, evaluated from the task vectors."""
+"""Single-task references (docs/method.md §5): zero-shot θ0 and fine-tuned θ0 + τ, evaluated from the task vectors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from orthoreg_pl.evaluation.evaluator import MergeEvaluator
-from orthoreg_pl.evaluation.protocols.common import inputs, mean_row
-from orthoreg_pl.evaluation.references import task_references
+from orthoreg_pl.evaluation.protocols.common import Protocol, inputs, mean_row
 from orthoreg_pl.task_vectors import TaskVector
 from orthoreg_pl.utils.io import write_json
 
@@ -19,7 +18,7 @@ def run_single_task(
     """Zero-shot (θ0) and fine-tuned (θ0 + τ) top-1 on XVal and X-test of every task, evaluated from the
     task vectors; stored as JSON next to the runs. The runs' own numbers are kept beside for comparison."""
     per_task = {}
-    refs = task_references(evaluator, vectors)
+    refs = evaluator.task_references(vectors)
     for task, vector in vectors.items():
         zeroshot, finetuned = refs[task]["zeroshot"], refs[task]["finetuned"]
         recorded = vector.info.meta.get("accuracy", {}).get("finetuned") or {}
@@ -45,3 +44,6 @@ def run_single_task(
         folder = Path(cfg.paths.runs_dir) / cfg.model.arch / cfg.mode.tag
         write_json(folder / f"single_task_seed{cfg.seed}.json", {"inputs": inputs(vectors), **body})
     return body
+
+
+SINGLE_TASK = Protocol("single_task", run_single_task, objectives=("finetuned_val",))

@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from orthoreg_pl.validation import MATMUL_PRECISIONS
+from orthoreg_pl.config.rules import MATMUL_PRECISIONS
 
 
 def make_trainer(matmul_precision: str = "highest", **trainer_kwargs: Any) -> L.Trainer:

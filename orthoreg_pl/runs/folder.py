@@ -4,13 +4,12 @@
 rewritten, atomically, when its status changes: ``interrupted`` (a signal; the checkpoint is kept),
 ``failed`` (with the reason) or ``finished`` (with the accuracies, after ``task_vector.safetensors``
 and ``config.yaml``). Only a ``finished`` run counts anywhere. ``last.ckpt`` (Lightning) resumes an
-unfinished run; ``.lock`` is held by the live job that owns the folder.
+unfinished run; ``.lock`` is held by the live job that owns the folder (lock.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import importlib.metadata
 import json
 import os
@@ -18,10 +17,8 @@ import socket
 import subprocess
 from pathlib import Path
 
-from torch import Tensor
-
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.utils.io import sha256_file, write_json, write_text
+from orthoreg_pl.utils.io import write_json
 
 META_FILE = "meta.json"
 CONFIG_FILE = "config.yaml"
@@ -116,60 +113,3 @@ def set_status(run_dir: str | Path, meta: dict, status: str, reason: str | None 
     meta = {**meta, **fields, "status": status, "status_reason": reason, "updated_at": now()}
     write_meta(run_dir, meta)
     return meta
-
-
-def publish_run(
-    run_dir: str | Path, tensors: dict[str, Tensor], meta: dict, config_yaml: str, **fields
-) -> dict:
-    """Write config and task vector, then mark the run finished in meta.json (each atomically).
-
-    meta.json records the vector file's sha256 (``task_vector_sha256``): merge.py refuses a vector
-    changed after the run finished, even one whose safetensors header is intact."""
-    from orthoreg_pl.task_vectors import TASK_VECTOR_FILE, save_task_vector  # task_vectors reads run folders
-
-    run_dir = Path(run_dir)
-    write_text(run_dir / CONFIG_FILE, config_yaml)
-    save_task_vector(
-        run_dir / TASK_VECTOR_FILE,
-        tensors,
-        metadata={k: meta[k] for k in ("arch", "pretrained", "mode", "task")},
-    )
-    checksum = sha256_file(run_dir / TASK_VECTOR_FILE)
-    return set_status(run_dir, meta, FINISHED, finished_at=now(), task_vector_sha256=checksum, **fields)
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``<run folder>/.lock``, held while a job works in the folder.
-
-    The kernel drops it when its process ends, however it ends (SIGKILL included), so a dead job never
-    leaves a stale lock; a second job is refused with the holder's pid and host, read from the file.
-    """
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / LOCK_FILE
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise OrthoRegError(
-                f"run folder {self.path.parent} is in use by a live job ({holder}); "
-                "wait for it to end, or stop it and re-run to resume"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {now()}\n".encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is None:
-            return
-        if [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
-            self.path.unlink()  # the job wrote nothing (bad input): leave no folder behind
-        os.close(self._fd)  # releases the lock; a used folder keeps its file (removing it would race)
-        self._fd = None

@@ -1,7 +1,7 @@
 """One fine-tuning run from a composed config: data -> model -> mode module -> Trainer -> run folder.
 
 ``train.py`` is the Hydra shell around :func:`train`; tests call :func:`train` with composed configs.
-The run's life (run_folder.py): identity and lock first; a finished run with the same identity is
+The run's life (runs/): identity and lock first; a finished run with the same identity is
 skipped, an unfinished one resumed from its checkpoint; meta.json says running, then interrupted,
 failed or finished.
 """
@@ -9,7 +9,6 @@ failed or finished.
 from __future__ import annotations
 
 import logging
-import math
 import pickle
 import warnings
 from pathlib import Path
@@ -22,30 +21,30 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from orthoreg_pl.config.lam import effective_lambda
 from orthoreg_pl.data import TaskDataModule
 from orthoreg_pl.errors import OrthoRegError, RunFailed, RunInterrupted
-from orthoreg_pl.lifecycle import RunLifecycle, RunRequeued
-from orthoreg_pl.loggers import finish_wandb, log_run_config, log_task_vector_artifact
 from orthoreg_pl.models import build_classifier, preprocess_config, pretrained_identity
 from orthoreg_pl.modules import FineTuneModule
-from orthoreg_pl.run_folder import (
+from orthoreg_pl.runs.folder import (
     CHECKPOINT_FILE,
     FAILED,
     FINISHED,
     INTERRUPTED,
     META_FILE,
-    RunLock,
-    publish_run,
     read_meta,
     run_status,
     set_status,
     start_meta,
     write_meta,
 )
-from orthoreg_pl.run_identity import differing, identity_hash, identity_settings
-from orthoreg_pl.task_vectors import TASK_VECTOR_FILE
+from orthoreg_pl.runs.identity import differing, identity_hash, identity_settings
+from orthoreg_pl.runs.lifecycle import RunLifecycle, RunRequeued
+from orthoreg_pl.runs.lock import RunLock
+from orthoreg_pl.runs.loggers import finish_wandb, log_run_config, log_task_vector_artifact
+from orthoreg_pl.task_vectors import TASK_VECTOR_FILE, publish_run
+from orthoreg_pl.training.validation import validate_train
 from orthoreg_pl.utils.safe_load import unsafe_pickle_message
-from orthoreg_pl.validation import validate_train
 
 log = logging.getLogger(__name__)
 # The run folder holds meta.json before the first checkpoint; Lightning's notice about it is noise.
@@ -61,28 +60,8 @@ class Skipped(dict):
     skipped = True
 
 
-def effective_lambda(cfg: DictConfig) -> float:
-    """λ the run trains with: ``ortho.lam`` for penalised modes, 0 for the others."""
-    raw = cfg.ortho.lam
-    try:
-        lam = float(raw)
-    except (TypeError, ValueError):
-        raise OrthoRegError(f"ortho.lam={raw!r} is not a number; expected a finite λ >= 0") from None
-    if not math.isfinite(lam):
-        raise OrthoRegError(
-            f"ortho.lam={raw} is not finite; the penalty weight λ must be a finite number >= 0"
-        )
-    if lam < 0:
-        raise OrthoRegError(f"ortho.lam={lam} is negative; the penalty weight λ must be >= 0")
-    if not cfg.mode.penalized:
-        if lam > 0:
-            log.info("mode=%s adds no penalty: ortho.lam=%s is ignored", cfg.mode.name, lam)
-        return 0.0
-    return lam
-
-
 def run_identity(cfg: DictConfig, lam: float) -> dict:
-    """The readable tag, the hash and the settings that make the run what it is (run_identity.py)."""
+    """The readable tag, the hash and the settings that make the run what it is (runs/identity.py)."""
     settings = identity_settings(cfg, lam)
     tag = f"{cfg.model.arch}/{cfg.mode.tag}/{cfg.dataset.name}/seed{cfg.seed}"
     return {"tag": tag, "hash": identity_hash(settings), "settings": settings}

@@ -1,4 +1,5 @@
-"""Tables of finished runs and merge reports: ``python -m orthoreg_pl.report DIR...``.
+"""Tables of finished runs and merge reports, and the command that prints them
+(``python -m orthoreg_pl.report DIR...``, report/__main__.py).
 
 Fine-tuning runs (meta.json) give the single-task table (zero-shot vs fine-tuned accuracy), one table
 for all the folders given, so the authors' imported runs (``source`` reference, import_reference.py)
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orthoreg_pl.evaluation.report_files import REPORT_FILE, pct
-from orthoreg_pl.run_folder import FINISHED, META_FILE, read_meta, run_status
+from orthoreg_pl.runs.folder import FINISHED, META_FILE, read_meta, run_status
 
 
 def run_source(meta: dict) -> str:
@@ -115,7 +116,3 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

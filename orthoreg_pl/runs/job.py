@@ -1,4 +1,5 @@
-"""What ``train.py`` and ``merge.py`` share: how a job ends, in one line and an exit status.
+"""How a job ends (``train.py``, ``merge.py`` and ``python -m orthoreg_pl.campaign`` alike): in one line
+and an exit status, with its outcome recorded for the multirun it belongs to.
 
 Single run: bad input exits 2, a failed run 1, an interrupted one 128 + the signal (143 for SIGTERM),
 each with one ``error:`` line on stderr; ``HYDRA_FULL_ERROR=1`` shows an unexpected error's traceback. In a multirun a bad or failed job is reported and the sweep
@@ -19,62 +20,13 @@ from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from orthoreg_pl.errors import OrthoRegError, RunFailed, RunInterrupted
-from orthoreg_pl.sweep_summary import record_outcome
-from orthoreg_pl.validation import CONFIG_DIR, group_options
+from orthoreg_pl.runs.outcomes import record_outcome
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-EXPERIMENT_DIR = CONFIG_DIR / "experiment"
-COMMANDS = {
-    "train": "python train.py",
-    "merge": "python merge.py",
-    "campaign": "python -m orthoreg_pl.campaign",
-}
-
-
-def experiment_kind(name: str) -> str | None:
-    """``experiment_kind`` of configs/experiment/<name>.yaml (None: no such file; Hydra says so)."""
-    path = EXPERIMENT_DIR / f"{name}.yaml"
-    return OmegaConf.load(path).get("experiment_kind") if path.is_file() else None
-
-
-def script_groups(kind: str) -> str:
-    """``${script_groups:train}``: the groups of configs/<kind>.yaml's defaults with their options, one
-    per line, for the script's --help (experiments: only those of that script)."""
-    defaults = OmegaConf.load(CONFIG_DIR / f"{kind}.yaml").get("defaults", [])
-    groups = [next(iter(d)) for d in defaults if OmegaConf.is_dict(d)]
-    lines = []
-    for group in [g for g in groups if g not in ("hydra", "experiment")] + ["experiment"]:
-        options = group_options(group)
-        if group == "experiment":
-            options = [o for o in options if experiment_kind(o) == kind]
-        lines.append(f"{group}: {', '.join(options)}")
-    return "\n".join(lines)
-
-
-def check_experiment_kind(kind: str, argv: list[str] | None = None) -> None:
-    """Refuse, before Hydra composes anything, an experiment meant for another script: Hydra's own
-    error would be "Could not override 'protocol'", which says nothing about the mix-up."""
-    argv = sys.argv[1:] if argv is None else argv
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key.lstrip("+") != "experiment":
-            continue
-        for name in value.split(","):
-            theirs = experiment_kind(name.strip())
-            if theirs is not None and theirs != kind:
-                mine = sorted(
-                    p.stem for p in EXPERIMENT_DIR.glob("*.yaml") if experiment_kind(p.stem) == kind
-                )
-                print(
-                    f"error: experiment={name} is a {theirs} experiment: run {COMMANDS[theirs]} experiment={name} "
-                    f"({COMMANDS[kind]} takes the {kind} experiments: {', '.join(mine)})",
-                    file=sys.stderr,
-                )
-                sys.exit(2)
 
 
 def remove_empty_run_dir(run_dir: Path, stop_at: Path) -> None:

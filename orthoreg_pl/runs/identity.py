@@ -8,17 +8,15 @@ change a result, so the same run on 1 or 8 GPUs has one identity.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from orthoreg_pl.utils.io import sha256_file
+from orthoreg_pl.utils.io import weights_identity
 
 HASH_LENGTH = 10  # hex digits: 40 bits, collisions negligible for campaigns of thousands of runs
 
@@ -110,21 +108,6 @@ def _settings(
     return dict(sorted(settings.items()))
 
 
-def weights_identity(pretrained: str) -> str:
-    """A weights file as its name and content hash (where it lies does not make another run, what it
-    holds does); an open_clip tag as itself."""
-    path = Path(pretrained)
-    if not path.is_file():
-        return pretrained
-    stat = path.stat()
-    return _file_identity(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _file_identity(path: str, size: int, mtime_ns: int) -> str:
-    return f"{Path(path).name}-sha256:{sha256_file(path)[:16]}"  # hashed once per file version and process
-
-
 def identity_settings(cfg: DictConfig, lam: float) -> dict[str, Any]:
     """Flat ``{"optim.lr": 1e-05, ...}`` of every setting that changes a fine-tuning run's result.
 
@@ -180,3 +163,23 @@ def differing(settings: list[Mapping[str, Any]]) -> dict[str, list[Any]]:
         if any(not same_value(v, values[0]) for v in values[1:]):
             out[key] = values
     return out
+
+
+def campaign_settings(cfg: DictConfig) -> dict:
+    """What identifies a campaign (``${campaign_hash:}``, its W&B run id): the grid and the experiments."""
+    keys = (
+        "name",
+        "datasets",
+        "modes",
+        "lambdas",
+        "lam",
+        "seeds",
+        "lr",
+        "experiments",
+        "overrides",
+        "objective",
+    )
+    values = {key: cfg.get(key) for key in keys}
+    return {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()
+    }

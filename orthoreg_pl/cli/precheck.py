@@ -21,9 +21,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from orthoreg_pl.cli import check_experiment_kind
+import orthoreg_pl.cli.help  # noqa: F401  (registers ${script_groups:}, which --help resolves)
+from orthoreg_pl.config.groups import CONFIG_DIR, check_experiment_kind
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.validation import CONFIG_DIR, VALIDATORS
+from orthoreg_pl.evaluation.validation import validate_merge
+from orthoreg_pl.training.validation import validate_train
 
 USAGE = {
     "train": "usage: python train.py dataset=<task> [mode=<mode>] [ortho.lam=<λ>] [experiment=<name>] "
@@ -31,6 +33,7 @@ USAGE = {
     "merge": "usage: python merge.py experiment=<addition|negation>_<vitb32|vitb16|vitl14> [mode=<mode>] "
     "[ortho.lam=<λ>] [-m for a sweep]; python merge.py --help lists the options",
 }
+VALIDATORS: dict[str, Callable[[DictConfig], None]] = {"train": validate_train, "merge": validate_merge}
 MULTIRUN_FLAGS = ("-m", "--multirun")
 # What a bad command line raises while composing and checking (Hydra raises ValueError for `group=null`).
 BAD_INPUT = (OrthoRegError, HydraException, OmegaConfBaseException, ValueError)
