@@ -35,7 +35,7 @@ from orthoreg_pl.evaluation.engine import MergeEvalModule
 from orthoreg_pl.models import TINY_ARCH, ImageClassifier, create_clip, load_or_build_head, preprocess_config
 from orthoreg_pl.models.linearized import linearized_forward
 from orthoreg_pl.modules import StandardFineTuning
-from orthoreg_pl.penalties import ortho_penalty
+from orthoreg_pl.penalties.ortho import ortho_penalty
 
 ID = "random-init-seed0"
 PAIR = ("Digits", "Shapes")

@@ -28,28 +28,17 @@ from omegaconf import OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from orthoreg_pl import OrthoRegError
-from orthoreg_pl.analysis import (
-    LAYER_TYPES,
-    column_angles,
-    cosine_tables,
-    deviation_from_orthogonal,
-    disagreements,
-    evaluation_points,
-    layer_type,
-    xi_from_counts,
-)
 from orthoreg_pl.analysis.figures import alpha_curves_figure
+from orthoreg_pl.analysis.geometry import column_angles, cosine_tables, deviation_from_orthogonal
+from orthoreg_pl.analysis.layers import LAYER_TYPES, layer_type
 from orthoreg_pl.analysis.monitoring import orthogonality_statistics
+from orthoreg_pl.analysis.xi import disagreements, evaluation_points, xi_from_counts
 from orthoreg_pl.evaluation.curves import collect_curves
 from orthoreg_pl.evaluation.disentanglement import xi_by_rebuilding, xi_grid
 from orthoreg_pl.evaluation.engine import MergeEvalModule
-from orthoreg_pl.evaluation.protocols.analysis import (
-    ModeSpec,
-    check_settings,
-    mode_checksums,
-    mode_specs,
-)
-from orthoreg_pl.penalties import ortho_penalty
+from orthoreg_pl.evaluation.protocols.analysis_options import ModeSpec, check_settings, mode_specs
+from orthoreg_pl.evaluation.protocols.analysis_run import mode_checksums
+from orthoreg_pl.penalties.ortho import ortho_penalty
 from orthoreg_pl.task_vectors import TaskVector, TaskVectorInfo, load_run
 
 BLOCK = "visual.transformer.resblocks.0."

@@ -89,6 +89,22 @@ COMMAND_LINE_CASES = [
     ("resume-word", "train", ["resume=perhaps"], ["resume='perhaps'", "true or false"]),
     ("objective-direction", "train", ["objective.direction=up"], ["objective.direction='up'", "maximize"]),
     ("checkpoint-every", "train", ["callbacks.checkpoint.every_n_train_steps=0"], ["every_n_train_steps=0"]),
+    (
+        "objective-metric-train",
+        "train",
+        ["objective.metric=nonexistent_metric"],
+        ["objective.metric='nonexistent_metric'", "accuracy/finetuned/val"],
+    ),
+    # a key given twice (Hydra would keep the last without a word), a key nothing reads
+    (
+        "key-twice",
+        "train",
+        ["dataset=shapes", "dataset=colors"],
+        ["dataset is given twice", "dataset=colors"],
+    ),
+    ("key-twice-merge", "merge", ["seed=0", "seed=1"], ["seed is given twice", "seed=1"]),
+    ("added-key-train", "train", ["+foo=1"], ["+foo=1 adds foo", "nothing reads"]),
+    ("added-key-merge", "merge", ["+foo=1"], ["+foo=1 adds foo", "nothing reads"]),
     # Hydra's own composition errors: kept, on one line
     ("mode-unknown", "train", ["mode=foo"], ["mode/foo", "standard_ortho"]),
     ("dataset-unknown", "train", ["dataset=cifar"], ["dataset/cifar", "digits"]),
@@ -198,6 +214,9 @@ def test_bad_command_line(scripts, root, capsys, monkeypatch, case, kind, args, 
     base = (
         [] if any(a.startswith("experiment=") for a in args) else {"train": QS_TRAIN, "merge": QS_MERGE}[kind]
     )
+    if not case.startswith("key-twice"):  # a key the case gives replaces the base's (a key twice is refused)
+        given = {a.split("=")[0] for a in args}
+        base = [a for a in base if a.split("=")[0] not in given]
     before = tree(root)
     code, err, out = run(scripts, capsys, monkeypatch, kind, [*base, *args])
     assert_one_line_error(code, err, out, words)
@@ -409,3 +428,36 @@ def test_every_torch_load_is_weights_only():
         for found in re.finditer(r"torch\.load\(", text):
             call = text[found.start() : text.find(")", found.end()) + 1]
             assert "weights_only=True" in call, f"{path}: {call}"
+
+
+HEAVY = ("torch", "lightning", "open_clip")
+PROBE = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as done:
+    print("exit", done.code, "heavy", sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train.py"],
+        ["train.py", "experiment=quickstart_clip", "dataset=digits", "optim.lr=-1"],
+        ["train.py", "--help"],
+        ["merge.py", "experiment=quickstart_clip_analysis", "protocol.xi.split=nope"],
+        ["merge.py", "experiment=quickstart_clip_negation", "protocol.control=Nope"],
+        ["merge.py", "--help"],
+    ],
+    ids=["train-no-dataset", "train-bad-lr", "train-help", "merge-analysis", "merge-negation", "merge-help"],
+)
+def test_usage_errors_and_help_come_before_torch_lightning_and_open_clip(argv):
+    """A usage error or --help is answered before the heavy libraries load (benchmarks/cli.py times it)."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    last = done.stdout.strip().splitlines()[-1]
+    assert last == f"exit {0 if '--help' in argv else 2} heavy []", (last, done.stderr[-2000:])

@@ -245,3 +245,21 @@ def test_a_checkout_without_install_maps_callbacks_too():
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     )
     assert Path(out.stdout.strip()) == PROJECT_ROOT / "callbacks" / "step_timer.py"
+
+
+def test_what_the_command_line_checks_without_torch_agrees_with_the_code():
+    """The checks that run before torch loads read the config files and a few constants: they must name
+    what Lightning, the data registry and the DataModule accept."""
+    from typing import get_args
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    from orthoreg_pl.config.groups import dataset_of_task, preprocess_keys, task_names
+    from orthoreg_pl.config.rules import PRECISIONS
+    from orthoreg_pl.data.datamodule import PREPROCESS_KEYS
+    from orthoreg_pl.data.registry import task_names as registered
+
+    assert set(PRECISIONS) == {*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)}
+    assert task_names() == sorted(registered())
+    assert dataset_of_task()["Digits"] == "digits" and dataset_of_task()["ImageNet"] == "imagenet"
+    assert preprocess_keys() == PREPROCESS_KEYS

@@ -16,7 +16,7 @@ from orthoreg_pl.modules import (
     LoRAAttentionFineTuning,
     LoRAAttentionOrthoFineTuning,
 )
-from orthoreg_pl.penalties import penalty_at_zero
+from orthoreg_pl.penalties.ortho import penalty_at_zero
 
 X = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 
@@ -271,7 +271,7 @@ def test_penalty_backward_runs_after_the_forward_graph_when_computed_first(early
 def test_each_modes_penalty_equals_the_per_matrix_path(mode):
     """Over each mode's own matrix set: the shape groups equal the per-matrix path in float64 (value and
     gradients), and module.penalty() (fp32 by design, ΔW formed inside) equals them to fp32 rounding."""
-    from orthoreg_pl.penalties import ortho_penalty, ortho_penalty_per_matrix
+    from orthoreg_pl.penalties.ortho import ortho_penalty, ortho_penalty_per_matrix
 
     module = MODES[mode](make_classifier().double(), lam=1.0)
     with torch.no_grad():  # off θ0 (LoRA: B is zero at start)

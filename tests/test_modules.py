@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from orthoreg_pl import OrthoRegError
 from orthoreg_pl.modules import MODES, StandardFineTuning, StandardOrthoFineTuning
 from orthoreg_pl.modules.schedule import warmup_cosine
-from orthoreg_pl.penalties import ortho_penalty_reference, penalty_at_zero
+from orthoreg_pl.penalties.ortho import ortho_penalty_reference, penalty_at_zero
 
 BLOCK_MATRICES = ("attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 TINY_PENALIZED = {"visual.positional_embedding", "visual.proj"} | {

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from orthoreg_pl import OrthoRegError
-from orthoreg_pl.penalties import (
+from orthoreg_pl.penalties.ortho import (
     gram_size,
     ortho_penalty,
     ortho_penalty_of,

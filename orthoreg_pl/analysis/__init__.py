@@ -6,29 +6,6 @@ from predictions) · figures (PNG + CSV + JSON per figure) · markdown (the anal
 training-time statistics). The evaluation that feeds ξ lives in ``orthoreg_pl.evaluation.disentanglement``,
 the α curves of existing merge reports in ``evaluation/curves.py``, the merge protocol in
 ``evaluation/protocols/analysis.py``;
-the training-time monitor in ``callbacks/orthogonality_monitor.py``.
+the training-time monitor in ``callbacks/orthogonality_monitor.py``. options.py holds what the command
+line checks (without torch); nothing is imported here.
 """
-
-from orthoreg_pl.analysis.geometry import (
-    column_angles,
-    cosine_tables,
-    deviation_from_orthogonal,
-    penalty_terms,
-    summarize,
-)
-from orthoreg_pl.analysis.layers import LAYER_TYPES, group_by_type, layer_type
-from orthoreg_pl.analysis.xi import disagreements, evaluation_points, xi_from_counts
-
-__all__ = [
-    "LAYER_TYPES",
-    "column_angles",
-    "cosine_tables",
-    "deviation_from_orthogonal",
-    "disagreements",
-    "evaluation_points",
-    "group_by_type",
-    "layer_type",
-    "penalty_terms",
-    "summarize",
-    "xi_from_counts",
-]

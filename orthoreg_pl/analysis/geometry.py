@@ -20,12 +20,10 @@ import torch
 from torch import Tensor
 
 from orthoreg_pl.analysis.layers import group_by_type
+from orthoreg_pl.analysis.options import VECTORS
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.penalties.ortho import uses_row_gram
 from orthoreg_pl.task_vectors import TaskVector
-
-VECTORS = ("columns", "min_side")  # which vectors of a matrix are compared
-
 
 # ---- cosines ----------------------------------------------------------------------------------------
 

@@ -1,11 +1,13 @@
-"""The config tree on disk: where it is, the options of a group, and which script an experiment is for."""
+"""The config tree on disk: where it is, the options of a group and what they declare (task names,
+penalised modes), and which script an experiment is for. Read with OmegaConf alone: the command line
+is checked with these before torch loads."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
@@ -19,6 +21,30 @@ COMMANDS = {
 def group_options(group: str) -> list[str]:
     """The options of a config group: the names of configs/<group>/*.yaml."""
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _option(group: str, name: str) -> DictConfig:
+    return OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
+
+
+def task_names() -> list[str]:
+    """The task names the dataset configs declare (``name:`` of configs/dataset/*.yaml), sorted."""
+    return sorted(str(_option("dataset", d).name) for d in group_options("dataset"))
+
+
+def dataset_of_task() -> dict[str, str]:
+    """task name -> the dataset config that trains it (``Digits`` -> ``digits``)."""
+    return {str(_option("dataset", d).name): d for d in group_options("dataset")}
+
+
+def mode_is_penalized(mode: str) -> bool:
+    """Whether configs/mode/<mode>.yaml adds the OrthoReg penalty."""
+    return bool(_option("mode", mode).mode.penalized)
+
+
+def preprocess_keys() -> tuple[str, ...]:
+    """The preprocessing settings configs/data/default.yaml lets a user override."""
+    return tuple(_option("data", "default").preprocess_overrides)
 
 
 def experiment_kind(name: str) -> str | None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from orthoreg_pl.config.groups import task_names
 from orthoreg_pl.config.rules import data_rules, mode_rules, model_rules, trainer_rules
 from orthoreg_pl.config.validation import (
     Rule,
@@ -20,7 +21,6 @@ from orthoreg_pl.config.validation import (
     optional,
     sequence,
 )
-from orthoreg_pl.data.registry import task_names
 from orthoreg_pl.evaluation.protocols import PROTOCOLS
 
 

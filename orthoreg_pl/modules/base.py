@@ -23,8 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from orthoreg_pl.errors import OrthoRegError, RunFailed
 from orthoreg_pl.models.classifier import ImageClassifier
 from orthoreg_pl.modules.schedule import warmup_cosine
-from orthoreg_pl.penalties import ortho_penalty, ortho_penalty_of
-from orthoreg_pl.penalties.ortho import check_options
+from orthoreg_pl.penalties.ortho import check_options, ortho_penalty, ortho_penalty_of
 
 
 class FineTuneModule(L.LightningModule):

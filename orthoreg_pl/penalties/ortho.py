@@ -23,11 +23,10 @@ import torch
 from torch import Tensor
 
 from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.penalties.options import GRAMS, NORMS  # noqa: F401  (re-exported: the penalty's options)
 
 Norm = Literal["fro", "fro_squared"]
 Gram = Literal["min_side", "columns"]
-NORMS: tuple[str, ...] = ("fro", "fro_squared")
-GRAMS: tuple[str, ...] = ("min_side", "columns")
 
 
 def uses_row_gram(shape: Sequence[int], gram: str) -> bool:

@@ -18,6 +18,11 @@ from orthoreg_pl.config.validation import (
     sequence,
 )
 
+# What train.py can return to a sweeper: the accuracies meta.json records (runs/job.py: result_field).
+OBJECTIVES = tuple(
+    f"accuracy/{when}/{split}" for when in ("finetuned", "zeroshot") for split in ("val", "test")
+)
+
 
 def train_rules() -> list[Rule]:
     return [
@@ -31,6 +36,7 @@ def train_rules() -> list[Rule]:
         Rule("eval_zeroshot", boolean, "true or false"),
         Rule("resume", boolean, "true or false"),
         Rule("wandb_task_vector_artifact", boolean, "true or false"),
+        Rule("objective.metric", choice(OBJECTIVES), f"one of {', '.join(OBJECTIVES)}"),
         Rule("objective.direction", choice(("maximize", "minimize")), "maximize or minimize"),
         Rule("callbacks.checkpoint.every_n_train_steps", optional(integer(1)), "an integer >= 1 or null"),
         Rule("callbacks.orthogonality_monitor.every_n_steps", integer(1), "an integer >= 1"),

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from orthoreg_pl.evaluation.alphas import normalized_mean_curve, select_addition_alpha
-from orthoreg_pl.evaluation.evaluator import MergeEvaluator
 from orthoreg_pl.evaluation.protocols.common import Protocol, mean_row
-from orthoreg_pl.task_vectors import TaskVector
+
+if TYPE_CHECKING:
+    from orthoreg_pl.evaluation.evaluator import MergeEvaluator
+    from orthoreg_pl.task_vectors import TaskVector
 
 
 def run_addition(

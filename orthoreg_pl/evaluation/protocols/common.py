@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from orthoreg_pl.config.validation import RuleLike
-from orthoreg_pl.task_vectors import TaskVector
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the declarations load without torch: the command line is checked with them
     from orthoreg_pl.evaluation.evaluator import MergeEvaluator
+    from orthoreg_pl.task_vectors import TaskVector
 
-Runner = Callable[[DictConfig, "MergeEvaluator", dict[str, TaskVector], list[float]], dict]
+Runner = Callable[[DictConfig, "MergeEvaluator", "dict[str, TaskVector]", list[float]], dict]
 
 
 @dataclass(frozen=True)

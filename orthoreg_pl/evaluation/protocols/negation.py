@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import statistics
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
+from orthoreg_pl.config.groups import task_names
 from orthoreg_pl.config.validation import Rule, number
-from orthoreg_pl.data.registry import task_names
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.evaluation.alphas import select_negation_alpha
-from orthoreg_pl.evaluation.evaluator import MergeEvaluator
 from orthoreg_pl.evaluation.protocols.common import Protocol, mean_row
-from orthoreg_pl.task_vectors import TaskVector
+
+if TYPE_CHECKING:
+    from orthoreg_pl.evaluation.evaluator import MergeEvaluator
+    from orthoreg_pl.task_vectors import TaskVector
 
 
 def run_negation(

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from orthoreg_pl.evaluation.evaluator import MergeEvaluator
 from orthoreg_pl.evaluation.protocols.common import Protocol, inputs, mean_row
-from orthoreg_pl.task_vectors import TaskVector
 from orthoreg_pl.utils.io import write_json
+
+if TYPE_CHECKING:
+    from orthoreg_pl.evaluation.evaluator import MergeEvaluator
+    from orthoreg_pl.task_vectors import TaskVector
 
 
 def run_single_task(
