@@ -20,23 +20,42 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import orthoreg_pl.callbacks, torch, lightning, open_clip, hydra"
 	touch $(STAMP)
 
+# `make quickstart SIZE=small` (and `make campaign SIZE=small`): two tasks instead of four, for slow machines.
+# `ARGS="key=value ..."`: training settings given to every run; the merges select exactly those runs.
+SIZE ?= full
+ifeq ($(SIZE),small)
+QUICKSTART_TASKS := digits,shapes
+QUICKSTART_TASK_NAMES := Digits,Shapes
+CAMPAIGN_SIZE := 'datasets=[digits,shapes]' 'lambdas=[1.0,3.0]'
+else ifeq ($(SIZE),full)
 QUICKSTART_TASKS := digits,shapes,colors,patterns
+QUICKSTART_TASK_NAMES := Digits,Shapes,Colors,Patterns
+CAMPAIGN_SIZE :=
+else
+$(error SIZE=$(SIZE); expected full or small)
+endif
+ARGS ?=
+empty :=
+space := $(empty) $(empty)
+TRAIN_OVERRIDES := $(if $(strip $(ARGS)),'train_overrides=[$(subst $(space),$(comma),$(patsubst %,"%",$(strip $(ARGS))))]')
+MERGE_ARGS := 'tasks=[$(QUICKSTART_TASK_NAMES)]' $(TRAIN_OVERRIDES)
+CAMPAIGN_ARGS := $(CAMPAIGN_SIZE) $(if $(strip $(ARGS)),'overrides.train=[$(subst $(space),$(comma),$(patsubst %,"%",$(strip $(ARGS))))]')
 
 # θ0 is the tiny CLIP pre-trained on the CPU (shipped: orthoreg_pl/resources/pretrained/, rebuilt bit for bit
 # by `python -m orthoreg_pl.models.pretrain_tiny`); λ 1 (configs/experiment/quickstart_clip*.yaml) from its measured curve.
 
 # Re-running it skips finished runs and reports and resumes interrupted ones; `make clean` starts afresh.
 quickstart: setup
-	$(PY) train.py -m experiment=quickstart_clip dataset=$(QUICKSTART_TASKS) mode=standard,standard_ortho
-	$(PY) merge.py -m experiment=quickstart_clip_addition mode=standard,standard_ortho
-	$(PY) merge.py -m experiment=quickstart_clip_negation mode=standard,standard_ortho
-	$(PY) -m orthoreg_pl.report runs/quickstart reports/quickstart
-	$(PY) merge.py experiment=quickstart_clip_analysis   # figures: reports/quickstart/analysis/.../report.md
+	$(PY) train.py -m experiment=quickstart_clip dataset=$(QUICKSTART_TASKS) mode=standard,standard_ortho $(ARGS)
+	$(PY) merge.py -m experiment=quickstart_clip_addition mode=standard,standard_ortho $(MERGE_ARGS)
+	$(PY) merge.py -m experiment=quickstart_clip_negation mode=standard,standard_ortho $(MERGE_ARGS)
+	$(PY) merge.py experiment=quickstart_clip_analysis $(MERGE_ARGS)
+	$(PY) -m orthoreg_pl.report runs/quickstart reports/quickstart --next "make campaign"
 
-# The quickstart-sized λ campaign: 4 tasks × (standard + standard_ortho at 3 λ), addition and negation,
-# summary in campaigns/quickstart/ (sweeps/README.md).
+# The λ campaign on the same tiny CLIP, reusing the quickstart's runs: 4 tasks × (standard + standard_ortho at
+# 4 λ), addition and negation, summary in campaigns/quickstart/ (docs/campaigns.md).
 campaign: setup
-	$(PY) -m orthoreg_pl.campaign experiment=campaign_quickstart
+	$(PY) -m orthoreg_pl.campaign experiment=campaign_quickstart $(CAMPAIGN_ARGS)
 
 test: setup
 	$(PY) -m pytest

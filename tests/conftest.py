@@ -79,6 +79,9 @@ MERGE_RUN_OVERRIDES = [  # train.py's overrides of each merge_runs run (its iden
     "trainer.max_steps=3",
     "trainer.limit_val_batches=1",
 ]
+# what a merge of those runs names besides its experiment: the training settings the runs had beyond
+# experiment=quickstart (evaluation/selection.py selects exactly the runs of that identity)
+MERGE_SELECT = 'train_overrides=["trainer.max_steps=3","trainer.limit_val_batches=1"]'
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import (
     MERGE_RUN_OVERRIDES,
+    MERGE_SELECT,
     MERGE_TASKS,
     compose_config,
     cpu_trainer,
@@ -349,6 +350,7 @@ def test_analysis_report_end_to_end(two_mode_runs, cache_dir, tmp_path):
             f"protocol.xi.pairs=[[{','.join(MERGE_TASKS)}]]",
             "protocol.xi.max_samples=100",
             "protocol.angles.max_pairs=200",
+            MERGE_SELECT,
             *path_overrides(two_mode_runs, cache_dir, output_dir=out),
             f"paths.reports_dir={tmp_path / 'reports'}",
         ],

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MERGE_RUN_OVERRIDES, PROJECT_ROOT
+from conftest import MERGE_RUN_OVERRIDES, MERGE_SELECT, PROJECT_ROOT
 from safetensors.torch import load_file, save_file
 
 from orthoreg_pl.utils.io import sha256_file
@@ -30,6 +30,7 @@ QS_MERGE = [
     "mode=standard_ortho",
     "tasks=[Digits,Shapes]",
     "protocol.alphas=[0,1]",
+    MERGE_SELECT,
 ]
 QS_NEGATION = ["experiment=quickstart_negation", *QS_MERGE[1:]]
 

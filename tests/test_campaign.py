@@ -58,13 +58,20 @@ def test_plan_splits_modes_by_penalty_and_sweeps_protocols_together(tmp_path):
     assert plan.penalized == ("standard_ortho",) and plan.plain == ("standard",)
     assert plan.tasks == {"digits": "Digits", "shapes": "Shapes"}
     assert plan.protocols == ("addition", "negation")  # the control (Quadrants) is generated: present
-    assert len(plan.points()) == 3 + 1
+    assert len(plan.points()) == 4 + 1
     penalized, plain = plan.train
-    assert "ortho.lam=0.01,0.1,1.0" in penalized.overrides and "mode=standard_ortho" in penalized.overrides
+    assert (
+        "ortho.lam=0.1,1.0,3.0,10.0" in penalized.overrides and "mode=standard_ortho" in penalized.overrides
+    )
     assert not any(o.startswith("ortho.lam") for o in plain.overrides)
     assert "dataset=digits,shapes" in penalized.overrides and "hydra/launcher=joblib" in penalized.overrides
     merge = plan.merge[0].overrides
-    assert "experiment=quickstart_addition,quickstart_negation" in merge and "tasks=[Digits,Shapes]" in merge
+    assert (
+        "experiment=quickstart_clip_addition,quickstart_clip_negation" in merge
+        and "tasks=[Digits,Shapes]" in merge
+    )
+    # the merges select exactly the runs the campaign trains: its training settings are named to them
+    assert 'train_overrides=["trainer.max_steps=6","trainer.enable_progress_bar=false"]' in merge
 
 
 def test_plan_leaves_out_negation_when_its_control_is_missing(tmp_path):
@@ -87,7 +94,7 @@ def test_plan_leaves_out_negation_when_its_control_is_missing(tmp_path):
         ("experiments.addition=quickstart_negation", "runs protocol 'negation', not 'addition'"),
         (
             "experiments.addition=addition_vitb32",
-            "merges ViT-B-32 task vectors, but experiments.train=quickstart",
+            "merges ViT-B-32 task vectors, but experiments.train=quickstart_clip",
         ),
         ("launcher=slurmm", "launcher=slurmm and the campaign's overrides does not compose .*slurmm"),
         ('overrides.all=["optim.lrr=1"]', "the campaign's overrides does not compose"),

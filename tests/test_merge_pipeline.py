@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import PROJECT_ROOT, compose_config, path_overrides
+from conftest import MERGE_SELECT, PROJECT_ROOT, compose_config, path_overrides
 from omegaconf import open_dict
 
 from orthoreg_pl import OrthoRegError
@@ -34,6 +34,7 @@ def merge_cfg(runs_dir, cache_dir, out, *extra):
             "mode=standard_ortho",
             *path_overrides(runs_dir, cache_dir, output_dir=out),
             f"paths.reports_dir={out.parent}",
+            MERGE_SELECT,
             *extra,
         ],
         config_name="merge",
@@ -113,7 +114,7 @@ def test_cli_truncated_task_vector(runs, cache_dir, tmp_path):
     env = {**os.environ, "ORTHOREG_CACHE_DIR": str(cache_dir)}
     proc = subprocess.run(
         [sys.executable, "merge.py", "experiment=quickstart_addition", "mode=standard_ortho", f"tasks=[{','.join(TASKS)}]",
-         f"paths.runs_dir={bad}", f"paths.reports_dir={tmp_path}", f"hydra.run.dir={out}"],
+         MERGE_SELECT, f"paths.runs_dir={bad}", f"paths.reports_dir={tmp_path}", f"hydra.run.dir={out}"],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0
@@ -180,7 +181,11 @@ def test_same_report_is_skipped_and_settings_select_runs(runs, cache_dir, tmp_pa
     command line selects the runs that have it (and none have lr 0.002)."""
     out = tmp_path / "report"
     first = run_merge(merge_cfg(runs, cache_dir, out, "experiment=quickstart_addition", "optim.lr=0.001"))
-    assert first["identity"]["selected_by"] == {"optim.lr": 0.001}
+    assert first["identity"]["selected_by"] == {
+        "optim.lr": 0.001,
+        "trainer.max_steps": 3,
+        "trainer.limit_val_batches": 1,
+    }
     again = run_merge(merge_cfg(runs, cache_dir, out, "experiment=quickstart_addition", "optim.lr=0.001"))
     assert getattr(again, "skipped", False) and again["mean"] == first["mean"]
     with pytest.raises(OrthoRegError, match=r"no finished run .*optim\.lr=0\.002"):

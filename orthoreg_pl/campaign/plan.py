@@ -9,6 +9,7 @@ API, before anything is launched: a typo stops the campaign at once with what is
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,14 +101,30 @@ def control_present(task: str, data_root: str | Path) -> bool:
     return layout is not None and (Path(data_root) / layout.folder).is_dir()
 
 
+def logger_choice(cfg: DictConfig) -> str:
+    """The campaign's logger (configs/logger: wandb, csv, tensorboard or none), which its jobs use too:
+    every training and merge job is then a run of the campaign's W&B group."""
+    names = list(cfg.get("logger") or {})
+    return names[0] if names else "none"
+
+
 def common_overrides(cfg: DictConfig) -> list[str]:
-    """Given to every job: the launcher, the campaign's paths as absolute paths (so its jobs read and write where it
+    """Given to every job: the launcher, the logger, the campaign's paths as absolute paths (so its jobs read and write where it
     does), the learning rate if the campaign sets one, and the user's extra overrides."""
-    out = [f"hydra/launcher={cfg.launcher}"]
+    out = [f"hydra/launcher={cfg.launcher}", f"logger={logger_choice(cfg)}"]
     out += [f"paths.{key}={Path(cfg.paths[key]).resolve()}" for key in ("root_dir", "data_root", "cache_dir")]
     if cfg.get("lr") is not None:
         out.append(f"optim.lr={float(cfg.lr)!r}")
     return out + [str(o) for o in cfg.overrides.all]
+
+
+def train_overrides(cfg: DictConfig) -> list[str]:
+    """``train_overrides=[...]`` for the merge jobs: the training settings the campaign gave its
+    training jobs besides the experiment, so each merge selects exactly the campaign's runs
+    (evaluation/selection.py); none when there are none."""
+    given = [str(o) for o in (*cfg.overrides.all, *cfg.overrides.train)]
+    settings = [o for o in given if not o.lstrip("+~").startswith(("hydra", "paths."))]
+    return [f"train_overrides=[{','.join(json.dumps(o) for o in settings)}]"] if settings else []
 
 
 def _protocols(experiments: DictConfig, merge_base: list[str], arch: str) -> tuple[dict, dict]:
@@ -168,7 +185,12 @@ def make_plan(cfg: DictConfig) -> CampaignPlan:
     if penalized and not lambdas:
         raise OrthoRegError(f"lambdas is empty but modes {penalized} need λ; e.g. lambdas=[0.1,1,10]")
 
-    merge_base = [*common, f"tasks=[{','.join(tasks.values())}]", *[str(o) for o in cfg.overrides.merge]]
+    merge_base = [
+        *common,
+        f"tasks=[{','.join(tasks.values())}]",
+        *train_overrides(cfg),
+        *[str(o) for o in cfg.overrides.merge],
+    ]
     running, skipped = _protocols(experiments, merge_base, arch)
 
     seed_list = ",".join(str(s) for s in seeds)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from orthoreg_pl.campaign.dashboard import log_summary
 from orthoreg_pl.campaign.plan import CampaignPlan, make_plan
 from orthoreg_pl.campaign.stages import run_multirun
-from orthoreg_pl.campaign.summary import build_summary, log_summary, write_summary
+from orthoreg_pl.campaign.summary import build_summary, write_summary
 from orthoreg_pl.errors import RunFailed
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,11 @@ def run_campaign(cfg: DictConfig) -> dict:
     group = f"campaign-{plan.name}"
     for protocol, why in plan.skipped_protocols.items():
         log.info("campaign: %s is not run: %s", protocol, why)
-    stages = [run_multirun(m, out / JOBS_DIR, group) for m in plan.train]
-    stages += [run_multirun(m, out / JOBS_DIR, group) for m in plan.merge]
+    multiruns = [*plan.train, *plan.merge]
+    stages = [
+        run_multirun(m, out / JOBS_DIR, group, f"campaign {plan.name} · stage {i}/{len(multiruns)}")
+        for i, m in enumerate(multiruns, 1)
+    ]
     summary = build_summary(plan, stages, cfg.objective)
     write_summary(out, summary)
     log_summary(cfg, plan, summary, out)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-import os
 import statistics
 from pathlib import Path
 
@@ -24,7 +22,6 @@ from omegaconf import DictConfig  # noqa: E402
 from orthoreg_pl.campaign.plan import CampaignPlan  # noqa: E402
 from orthoreg_pl.campaign.stages import StageResult  # noqa: E402
 from orthoreg_pl.evaluation.report_files import REPORT_FILE, pct  # noqa: E402
-from orthoreg_pl.runs.loggers import finish_wandb  # noqa: E402
 from orthoreg_pl.utils.io import atomic_path, write_json, write_text  # noqa: E402
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -237,11 +234,11 @@ PANELS = (
 )
 
 
-def _objective_name(summary: dict) -> str:
+def objective_name(summary: dict) -> str:
     return f"{summary['objective']['protocol']} {summary['objective']['metric']}"
 
 
-def _by_lambda(rows: list[dict], mode: str, column: str) -> tuple[list[float], list[float]]:
+def by_lambda(rows: list[dict], mode: str, column: str) -> tuple[list[float], list[float]]:
     """λ and the mean over seeds of ``column`` for one mode (points without a value are left out)."""
     values: dict[float, list[float]] = {}
     for r in rows:
@@ -259,12 +256,12 @@ def plot(summary: dict, path: Path) -> None:
     for ax, (column, title) in zip(axes.flat, PANELS):
         drawn = False
         for mode in grid["penalized_modes"]:
-            lams, values = _by_lambda(rows, mode, column)
+            lams, values = by_lambda(rows, mode, column)
             if lams:
                 ax.plot(lams, values, marker="o", label=mode)
                 drawn = True
         for i, mode in enumerate(grid["reference_modes"]):
-            _, values = _by_lambda(rows, mode, column)
+            _, values = by_lambda(rows, mode, column)
             if values:
                 ax.axhline(
                     values[0],
@@ -273,7 +270,7 @@ def plot(summary: dict, path: Path) -> None:
                     label=f"{mode} (λ=0)",
                 )
                 drawn = True
-        ax.set_title(title.format(metric=_objective_name(summary)), fontsize=10)
+        ax.set_title(title.format(metric=objective_name(summary)), fontsize=10)
         ax.set_xlabel("λ (penalty weight)")
         if grid["lambdas"] and min(grid["lambdas"]) > 0:
             ax.set_xscale("log")
@@ -308,46 +305,3 @@ def write_summary(folder: Path, summary: dict) -> None:
     write_text(folder / "summary.csv", csv_text(summary))
     plot(summary, folder / "summary.png")
     write_json(folder / "summary.json", {k: v for k, v in summary.items() if k != "markdown"})
-
-
-def log_summary(cfg: DictConfig, plan: CampaignPlan, summary: dict, folder: Path) -> None:
-    """The summary as a W&B run of its own in the campaign's group: the table, one line plot per
-    metric against λ, and the PNG (offline unless W&B is configured; nothing without a W&B logger)."""
-    wandb_cfg = (cfg.logger or {}).get("wandb")
-    if wandb_cfg is None:
-        return
-    import wandb
-    from hydra.utils import instantiate
-
-    under_agent = os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID")
-    agent_run = {"id": os.environ["WANDB_RUN_ID"]} if under_agent else {}  # `wandb agent` made the run
-    # the group is the campaign's even inside an Optuna search (whose multirun names a group of its own)
-    logger = instantiate(wandb_cfg, save_dir=str(folder), group=str(cfg.run_group), **agent_run)
-    try:
-        logger.log_hyperparams({"campaign": plan.settings, "objective": summary["objective"]})
-        columns = list(COLUMNS)
-        data = [[r.get(c) for c in columns] for r in summary["rows"]]
-        logger.log_table(key="campaign/summary", columns=columns, data=data)
-        for column, title in PANELS:
-            series = [(m, *_by_lambda(summary["rows"], m, column)) for m in plan.penalized]
-            series = [s for s in series if s[1]]
-            if not series:
-                continue
-            xs = sorted({lam for _, lams, _ in series for lam in lams})
-            ys = [[dict(zip(lams, values)).get(x, math.nan) for x in xs] for _, lams, values in series]
-            chart = wandb.plot.line_series(
-                xs=xs,
-                ys=ys,
-                keys=[m for m, _, _ in series],
-                title=title.format(metric=_objective_name(summary)),
-                xname="λ",
-            )
-            logger.experiment.log({f"campaign/{column}_vs_lambda": chart})
-        logger.log_image(key="campaign/summary_plot", images=[str(folder / "summary.png")])
-        if summary["objective"]["value"] is not None:
-            logger.experiment.summary["campaign/objective"] = summary["objective"]["value"]
-        artifact = wandb.Artifact(f"campaign-{cfg.identity}", type="campaign_summary")
-        artifact.add_file(str(folder / "summary.json"))
-        logger.experiment.log_artifact(artifact)
-    finally:
-        finish_wandb(0)

@@ -64,7 +64,7 @@ def run_merge(cfg: DictConfig) -> dict:
     lam = effective_lambda(cfg)
     selected = selected_settings(cfg)
     pretrained = pretrained_identity(cfg.model.pretrained, cfg.model.init_seed)
-    vectors = load_vectors(cfg, cfg.mode.name, lam, tasks, selected, pretrained)
+    vectors = load_vectors(cfg, cfg.mode.name, lam, tasks, pretrained)
     settings = report_settings(cfg, lam)
     identity = {"hash": identity_hash(settings), "settings": settings, "selected_by": selected}
     inputs = report_inputs(vectors)
@@ -91,6 +91,7 @@ def run_merge(cfg: DictConfig) -> dict:
         "pretrained": evaluator.identity,
         "mode": cfg.mode.name,
         "lam": lam,
+        "seed": int(cfg.seed),
         "task_vector_space": first.space,
         "merge_method": cfg.merge_method_name,
         "identity": identity,

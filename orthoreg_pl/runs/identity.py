@@ -128,6 +128,8 @@ def report_settings(cfg: DictConfig, lam: float) -> dict[str, Any]:
     """Flat settings that change a merge report's result (its inputs' checksums are recorded apart)."""
     settings = _settings(cfg, lam, _MERGE_GROUPS, _MERGE_IGNORED, _MERGE_TRAINER_KEYS)
     settings["tasks"] = _select(cfg, "tasks")
+    if _select(cfg, "train_overrides"):  # runs trained with other settings: another report (none: as before)
+        settings["train_overrides"] = _select(cfg, "train_overrides")
     return dict(sorted(settings.items()))
 
 

@@ -1,10 +1,11 @@
 """How a job ends (``train.py``, ``merge.py`` and ``python -m orthoreg_pl.campaign`` alike): in one line
 and an exit status, with its outcome recorded for the multirun it belongs to.
 
-Single run: bad input exits 2, a failed run 1, an interrupted one 128 + the signal (143 for SIGTERM),
-each with one ``error:`` line on stderr; ``HYDRA_FULL_ERROR=1`` shows an unexpected error's traceback. In a multirun a bad or failed job is reported and the sweep
-goes on (the sweep's summary exits 1 at the end); an interrupted job stops the sweep, since the
-scheduler that sent the signal wants the whole process gone.
+Single run: bad input exits 2, a failed run 1, an interrupted one 128 + the signal (130 for Ctrl-C,
+143 for SIGTERM), each with one line on stderr; ``HYDRA_FULL_ERROR=1`` shows an unexpected error's
+traceback. In a multirun a bad or failed job is reported and the sweep goes on (its summary exits 1
+at the end); an interrupted job asks the sweep to start no further job (runs/stop.py), and the
+sweep's summary exits with 128 + the signal.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +27,8 @@ from omegaconf import DictConfig
 
 from orthoreg_pl.errors import OrthoRegError, RunFailed, RunInterrupted
 from orthoreg_pl.runs.outcomes import record_outcome
+from orthoreg_pl.runs.progress import clear_progress, job_label, report_progress
+from orthoreg_pl.runs.stop import job_signal_handlers, request_stop, stop_signal
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -85,13 +90,27 @@ def end_process_group(saved_env: dict[str, str | None]) -> None:
 def run_or_exit(job: Callable[[DictConfig], T], cfg: DictConfig, root: str | Path) -> T | None:
     """Run ``job(cfg)`` and record its outcome; see the module docstring for how failures end."""
     multirun = in_multirun()
+    stopped = stop_signal() if multirun else None
+    if stopped is not None:  # the sweep was asked to stop before this job started
+        name = signal.Signals(stopped).name
+        record_outcome("not run", f"the sweep was stopped by {name}")
+        print(f"not run: the sweep was stopped by {name}", file=sys.stderr)
+        return None
+    started = time.perf_counter()
+    if multirun:
+        report_progress(job_label(list(HydraConfig.get().overrides.task)), force=True)
     try:
-        with this_job_argv():
+        with job_signal_handlers(), this_job_argv():
             result = job(cfg)
-    except RunInterrupted as err:
-        record_outcome("interrupted", str(err))
-        print(f"interrupted: {err}", file=sys.stderr)
-        sys.exit(128 + err.signum)
+    except (RunInterrupted, KeyboardInterrupt) as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        message = str(err) or "stopped by SIGINT (Ctrl-C)"
+        record_outcome("interrupted", message, time.perf_counter() - started)
+        print(f"interrupted: {message}", file=sys.stderr)
+        if multirun:  # the sweep starts no further job, then ends with 128 + the signal
+            request_stop(signum)
+            return None
+        sys.exit(128 + signum)
     except (OrthoRegError, RunFailed) as err:
         code = 2 if isinstance(err, OrthoRegError) else 1
         message = str(err)
@@ -106,11 +125,14 @@ def run_or_exit(job: Callable[[DictConfig], T], cfg: DictConfig, root: str | Pat
             f"unexpected {type(err).__name__}: {first} (HYDRA_FULL_ERROR=1 shows the traceback)",
         )
     else:
-        record_outcome("skipped" if getattr(result, "skipped", False) else "finished")
+        skipped = getattr(result, "skipped", False)
+        record_outcome("skipped" if skipped else "finished", seconds=time.perf_counter() - started)
         return result
+    finally:
+        clear_progress()
     remove_empty_run_dir(Path(cfg.paths.output_dir), stop_at=Path(root))
     print(f"error: {message}", file=sys.stderr)
-    record_outcome("failed", message)
+    record_outcome("failed", message, time.perf_counter() - started)
     if multirun:
         return None
     sys.exit(code)

@@ -2,7 +2,7 @@
 
 :class:`RunLifecycle` (a Lightning callback that ``training.train`` always adds) stores the run's
 identity and the RNG states in every checkpoint and refuses a checkpoint of another identity; on
-SIGTERM or SIGUSR1 (SLURM's pre-emption warning, ``--signal=SIGUSR1@90``) it saves ``last.ckpt`` at
+SIGINT (Ctrl-C), SIGTERM or SIGUSR1 (SLURM's pre-emption warning, ``--signal=SIGUSR1@90``) it saves ``last.ckpt`` at
 the next optimizer-step boundary, requeues the job under SLURM, and stops the run with
 :class:`~orthoreg_pl.errors.RunInterrupted`; it never lets a checkpoint with non-finite weights be
 written. The non-finite loss check sits in the module's ``training_step`` (``modules/base.py``).
@@ -34,7 +34,7 @@ import torch
 from orthoreg_pl.errors import OrthoRegError, RunFailed, RunInterrupted
 
 log = logging.getLogger(__name__)
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # Ctrl-C, kill / scancel, SLURM's warning
 
 
 def rng_states() -> dict:
@@ -120,7 +120,7 @@ class RunLifecycle(L.Callback):
 
     @contextlib.contextmanager
     def signal_handlers(self) -> Iterator[None]:
-        """Handle SIGTERM and SIGUSR1 (and submitit's pre-emption signal inside a submitit job) for the
+        """Handle SIGINT, SIGTERM and SIGUSR1 (and submitit's pre-emption signal inside a submitit job) for the
         duration of the run (installed before Lightning's own, so Lightning keeps ours and does not save
         its mid-step SLURM checkpoint)."""
         self._submitit_signal = submitit_preemption_signal()

@@ -30,7 +30,11 @@ def wandb_configured() -> bool:
 
 def wandb_logger(offline: bool | None = None, **kwargs) -> WandbLogger:
     """A WandbLogger, offline unless W&B is configured (offline runs sync later with ``wandb sync``)."""
-    return WandbLogger(offline=not wandb_configured() if offline is None else offline, **kwargs)
+    logger = WandbLogger(offline=not wandb_configured() if offline is None else offline, **kwargs)
+    # Lightning always hands wandb.init ``anonymous`` (None unless asked), which wandb warns has no
+    # effect; we never ask for it, so it is not passed at all
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def log_run_config(loggers: list[Logger], cfg: DictConfig, identity: dict) -> None:

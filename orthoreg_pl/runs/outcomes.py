@@ -1,34 +1,31 @@
-"""The end of a multirun: how many jobs finished, were skipped or failed, and an exit status that says so.
+"""The outcomes of a multirun's jobs: how many finished, were skipped, failed, were interrupted or not
+run, and the summary lines that say so.
 
-Each job appends one JSON line (its overrides, outcome and message) to a file under the sweep folder
-(:func:`record_outcome`, called by the entry points), which works whatever the launcher: in-process,
-local worker processes, or SLURM jobs on a shared file system. :class:`SweepSummary` (a Hydra callback,
-configs/hydra/*.yaml) creates the file when the multirun starts, names the multirun's W&B group, and
-when it ends prints the summary and exits with status 1 if any job failed.
+Each job appends one JSON line (its overrides, outcome, message, output folder and duration) to a file
+under the sweep folder (:func:`record_outcome`, called by the entry points), which works whatever the
+launcher: in-process, local worker processes, or SLURM jobs on a shared file system. The sweep's
+Hydra callback (runs/sweep.py) names the file when the multirun starts and prints the summary at its end.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 LOG_ENV = "ORTHOREG_SWEEP_LOG"
 GROUP_ENV = "ORTHOREG_SWEEP_GROUP"
-OUTCOMES = ("finished", "skipped", "failed", "interrupted")
+OUTCOMES = ("finished", "skipped", "failed", "interrupted", "not run")
+SHOWN_WHEN_ZERO = ("finished", "skipped", "failed")
 
 
-def record_outcome(outcome: str, message: str = "") -> None:
+def record_outcome(outcome: str, message: str = "", seconds: float | None = None) -> None:
     """Append this job's outcome and output folder to the multirun's log (nothing outside a multirun)."""
     path = os.environ.get(LOG_ENV)
     if not path or not _multirun_rank_zero():
@@ -38,6 +35,8 @@ def record_outcome(outcome: str, message: str = "") -> None:
         overrides = list(HydraConfig.get().overrides.task)
         output_dir = HydraConfig.get().runtime.output_dir
     entry = {"overrides": overrides, "outcome": outcome, "message": message, "output_dir": output_dir}
+    if seconds is not None:
+        entry["seconds"] = round(seconds, 2)
     line = json.dumps(entry) + "\n"
     with open(path, "a") as f:  # one short append per job: atomic on a local or NFS file system
         f.write(line)
@@ -60,37 +59,9 @@ def read_outcomes(path: str | Path) -> list[dict[str, Any]]:
 
 def summary_lines(outcomes: list[dict[str, Any]]) -> list[str]:
     counts = Counter(o["outcome"] for o in outcomes)
-    head = ", ".join(f"{counts[k]} {k}" for k in OUTCOMES if counts[k] or k != "interrupted")
+    head = ", ".join(f"{counts[k]} {k}" for k in OUTCOMES if counts[k] or k in SHOWN_WHEN_ZERO)
     lines = [f"multirun: {len(outcomes)} jobs: {head}"]
     for o in outcomes:
         if o["outcome"] in ("failed", "interrupted"):
             lines.append(f"  {o['outcome']}: {' '.join(o['overrides'])}: {o['message']}")
     return lines
-
-
-class SweepSummary(Callback):
-    """A caller that launches the multirun (the campaign) may name the log file itself: it sets
-    ``ORTHOREG_SWEEP_LOG`` to a new file and reads the jobs' outcomes and output folders from it."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        started = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        self.named_by_caller = bool(os.environ.get(LOG_ENV))
-        if self.named_by_caller:
-            self.path = Path(os.environ[LOG_ENV])
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        else:
-            folder = Path(config.hydra.sweep.dir) / ".multirun"
-            folder.mkdir(parents=True, exist_ok=True)
-            self.path = folder / f"{config.hydra.job.name}_{started}_{os.getpid()}.jsonl"
-        self.path.touch()
-        os.environ[LOG_ENV] = str(self.path)
-        os.environ.setdefault(GROUP_ENV, f"{config.hydra.job.name}-{started}")
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        outcomes = read_outcomes(self.path)
-        for line in summary_lines(outcomes):
-            print(line, flush=True)
-        if not self.named_by_caller:
-            os.environ.pop(LOG_ENV, None)
-        if any(o["outcome"] in ("failed", "interrupted") for o in outcomes):
-            sys.exit(1)

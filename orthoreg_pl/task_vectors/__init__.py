@@ -5,6 +5,8 @@ from orthoreg_pl.task_vectors.compat import check_compatible, mode_family
 from orthoreg_pl.task_vectors.io import (
     TASK_VECTOR_FILE,
     find_runs,
+    finished_runs,
+    identity_settings_of,
     load_checkpoint_vector,
     load_run,
     load_task_vector,
@@ -27,6 +29,8 @@ __all__ = [
     "combine_info",
     "cosine_matrix",
     "find_runs",
+    "finished_runs",
+    "identity_settings_of",
     "load_checkpoint_vector",
     "load_run",
     "load_task_vector",

@@ -226,7 +226,7 @@ def load_checkpoint_vector(
     return TaskVector(tensors, dataclasses.replace(info, source=source, checksum=sha256_file(path)))
 
 
-def find_runs(
+def finished_runs(
     runs_dir: str | Path,
     *,
     arch: str | None = None,
@@ -235,17 +235,15 @@ def find_runs(
     tasks: Iterable[str] | None = None,
     seed: int | None = None,
     settings: Mapping[str, object] | None = None,
-) -> dict[str, Path]:
-    """task → run folder of the finished runs below ``runs_dir`` matching the filters (exactly one
-    per task, else an error naming the candidates and the settings they differ in); ordered as
-    ``tasks`` or by task name. ``settings`` filters on the runs' identity settings
-    (``{"optim.lr": 3e-5}``); runs written before identities existed never match such a filter."""
+) -> dict[str, dict[Path, dict]]:
+    """task -> {run folder: meta.json} of every finished run below ``runs_dir`` matching the filters.
+    ``settings`` filters on the runs' identity settings (``{"optim.lr": 3e-5}``); runs written before
+    identities existed never match such a filter."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise OrthoRegError(f"runs folder {runs_dir} does not exist")
-    wanted = None if tasks is None else list(tasks)
-    found: dict[str, list[Path]] = {}
-    recorded: dict[Path, dict] = {}
+    wanted = None if tasks is None else set(tasks)
+    found: dict[str, dict[Path, dict]] = {}
     for meta_path in sorted(runs_dir.rglob(META_FILE)):
         if any(part.startswith(".") for part in meta_path.relative_to(runs_dir).parts):
             continue  # hidden: a folder being staged (import_reference) or moved, not a run yet
@@ -265,16 +263,37 @@ def find_runs(
             continue
         if lam is not None and not _same_float((meta.get("ortho") or {}).get("lam", 0.0), lam):
             continue
-        run_settings = (meta.get("identity") or {}).get("settings") or {}
+        run_settings = identity_settings_of(meta)
         if settings and any(
             k not in run_settings or not same_value(run_settings[k], v) for k, v in settings.items()
         ):
             continue
-        task = meta.get("task")
-        if wanted is not None and task not in wanted:
+        if wanted is not None and meta.get("task") not in wanted:
             continue
-        found.setdefault(str(task), []).append(meta_path.parent)
-        recorded[meta_path.parent] = run_settings
+        found.setdefault(str(meta.get("task")), {})[meta_path.parent] = meta
+    return found
+
+
+def identity_settings_of(meta: dict) -> dict:
+    """The identity settings a run recorded (empty for runs written before identities existed)."""
+    return (meta.get("identity") or {}).get("settings") or {}
+
+
+def find_runs(
+    runs_dir: str | Path,
+    *,
+    arch: str | None = None,
+    mode: str | None = None,
+    lam: float | None = None,
+    tasks: Iterable[str] | None = None,
+    seed: int | None = None,
+    settings: Mapping[str, object] | None = None,
+) -> dict[str, Path]:
+    """task → run folder of the finished runs below ``runs_dir`` matching the filters (exactly one
+    per task, else an error naming the candidates and the settings they differ in); ordered as
+    ``tasks`` or by task name (:func:`finished_runs` for the filters)."""
+    wanted = None if tasks is None else list(tasks)
+    found = finished_runs(runs_dir, arch=arch, mode=mode, lam=lam, tasks=wanted, seed=seed, settings=settings)
     given = (("arch", arch), ("mode", mode), ("lam", lam), ("seed", seed), *(settings or {}).items())
     filters = ", ".join(f"{k}={v}" for k, v in given if v is not None)
     where = f"below {runs_dir}" + (f" with {filters}" if filters else "")
@@ -287,18 +306,18 @@ def find_runs(
             )
     elif not found:
         raise OrthoRegError(f"no finished run {where}")
-    several = {t: paths for t, paths in found.items() if len(paths) > 1}
+    several = {t: runs for t, runs in found.items() if len(runs) > 1}
     if several:
-        t, paths = next(iter(sorted(several.items())))
-        differ = differing([recorded[p] for p in paths])
+        t, runs = next(iter(sorted(several.items())))
+        differ = differing([identity_settings_of(meta) for meta in runs.values()])
         how = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in differ.items()) or "no recorded setting"
         example = next(iter(differ), "optim.lr")
         raise OrthoRegError(
-            f"several finished runs {where} for task {t}: {', '.join(map(str, paths))}; they differ in "
+            f"several finished runs {where} for task {t}: {', '.join(map(str, runs))}; they differ in "
             f"{how}. Choose with that setting on the command line (e.g. {example}=...)"
         )
     order = wanted if wanted is not None else sorted(found)
-    return {t: found[t][0] for t in order}
+    return {t: next(iter(found[t])) for t in order}
 
 
 def _same_float(value: object, target: float) -> bool:

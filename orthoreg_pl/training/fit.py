@@ -193,14 +193,24 @@ def _train(cfg: DictConfig, run_dir: Path, lam: float, identity: dict, previous:
             meta = _fit_and_publish(cfg, trainer, module, datamodule, run_dir, meta, publish)
         status, exit_code = FINISHED, 0
         return meta
-    except (RunInterrupted, RunRequeued, SIGTERMException) as err:  # RunRequeued: submitit requeued the job
-        status, exit_code = INTERRUPTED, 128 + getattr(err, "signum", 15)
+    except (
+        RunInterrupted,
+        RunRequeued,
+        SIGTERMException,
+        KeyboardInterrupt,
+    ) as err:  # RunRequeued: by submitit
+        status, exit_code = (
+            INTERRUPTED,
+            128 + getattr(err, "signum", 2 if isinstance(err, KeyboardInterrupt) else 15),
+        )
         if publish:
             set_status(run_dir, meta, INTERRUPTED, str(err) or "SIGTERM", steps=int(trainer.global_step))
         if isinstance(err, SIGTERMException):  # Lightning's own SIGTERM stop (during evaluation)
             raise RunInterrupted(
                 f"stopped by SIGTERM; re-run the same command to resume from {checkpoint}", 15
             ) from None
+        if isinstance(err, KeyboardInterrupt):  # Ctrl-C where no handler of ours was installed
+            raise RunInterrupted("stopped by SIGINT (Ctrl-C); re-run the same command to resume", 2) from None
         raise
     except BaseException as err:
         if publish:

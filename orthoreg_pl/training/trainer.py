@@ -10,19 +10,27 @@ way. Set per process, so every DDP rank and every merge gets it; it is part of a
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import lightning as L
 import torch
 
 from orthoreg_pl.config.rules import MATMUL_PRECISIONS
+from orthoreg_pl.runs.job import in_multirun
 
 
-def make_trainer(matmul_precision: str = "highest", **trainer_kwargs: Any) -> L.Trainer:
-    """Set torch's float32 matmul precision for this process, then build the Trainer."""
+def make_trainer(
+    matmul_precision: str = "highest", enable_progress_bar: bool | None = None, **trainer_kwargs: Any
+) -> L.Trainer:
+    """Set torch's float32 matmul precision for this process, then build the Trainer. Lightning's
+    progress bar shows by default only on a terminal and outside a multirun, whose jobs report to the
+    sweep's one line instead (runs/progress.py): bars in a log file are noise."""
     if matmul_precision not in MATMUL_PRECISIONS:
         raise ValueError(
             f"trainer.matmul_precision={matmul_precision!r}; expected one of {MATMUL_PRECISIONS}"
         )
     torch.set_float32_matmul_precision(matmul_precision)
-    return L.Trainer(**trainer_kwargs)
+    if enable_progress_bar is None:
+        enable_progress_bar = sys.stderr.isatty() and not in_multirun()
+    return L.Trainer(enable_progress_bar=enable_progress_bar, **trainer_kwargs)

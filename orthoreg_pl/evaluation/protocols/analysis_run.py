@@ -48,7 +48,7 @@ from orthoreg_pl.evaluation.disentanglement import xi_grid
 from orthoreg_pl.evaluation.evaluator import MergeEvaluator
 from orthoreg_pl.evaluation.protocols.analysis_options import ModeSpec, check_settings, mode_specs
 from orthoreg_pl.evaluation.protocols.common import inputs, mean_row
-from orthoreg_pl.evaluation.selection import check_splits, find_mode_runs, load_vectors, selected_settings
+from orthoreg_pl.evaluation.selection import check_splits, hydra_value, load_vectors, select_runs
 from orthoreg_pl.runs.folder import read_meta
 from orthoreg_pl.task_vectors import TaskVector
 from orthoreg_pl.utils.io import write_text
@@ -64,10 +64,7 @@ def mode_checksums(cfg: DictConfig) -> dict[str, dict[str, str | None]]:
     tasks = list(cfg.tasks)
     out = {}
     for k, spec in enumerate(mode_specs(cfg, ModeSpec(str(cfg.mode.name), effective_lambda(cfg)))):
-        settings = (
-            selected_settings(cfg) if k == 0 else spec.settings
-        )  # merge.py's own runs: as it selects them
-        runs = find_mode_runs(cfg, spec.mode, spec.lam, tasks, settings)
+        runs = select_runs(cfg, spec.mode, spec.lam, tasks, None if k == 0 else spec_overrides(spec))
         out[spec.label] = {t: read_meta(runs[t]).get("task_vector_sha256") for t in tasks}
     return out
 
@@ -75,10 +72,15 @@ def mode_checksums(cfg: DictConfig) -> dict[str, dict[str, str | None]]:
 # ---- task vectors of the other modes -----------------------------------------------------------------
 
 
+def spec_overrides(spec: ModeSpec) -> list[str]:
+    """A compared mode's run-selecting settings as training overrides (``optim.lr=3e-05``)."""
+    return [f"{key}={hydra_value(value)}" for key, value in spec.settings.items()]
+
+
 def load_mode(cfg: DictConfig, spec: ModeSpec, tasks: Sequence[str], evaluator: MergeEvaluator) -> dict:
     """task -> TaskVector of ``spec``'s runs (same arch, seed and tasks as the merge), checked as the
     pipeline checks its own: they fit together, come from this θ0 and were split as evaluated here."""
-    vectors = load_vectors(cfg, spec.mode, spec.lam, tasks, spec.settings, evaluator.identity)
+    vectors = load_vectors(cfg, spec.mode, spec.lam, tasks, evaluator.identity, spec_overrides(spec))
     check_splits(vectors, evaluator.checksums)
     return vectors
 
