@@ -175,24 +175,40 @@ def test_campaign_plot_and_wandb_run(ran):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert width >= 1000 and height >= 700
-    (run,) = read_offline_runs(folder)
-    assert run.exit_code == 0 and run.job_type == "campaign" and run.group == "campaign-quickstart"
+    (run,) = [r for r in read_offline_runs(folder) if r.job_type == "campaign"]
+    assert run.exit_code == 0 and run.group == "campaign-quickstart"
     assert run.summary["campaign/objective"] == pytest.approx(summary["objective"]["value"])
     logged = {key for row in run.history for key in row}
     assert {"campaign/summary", "campaign/summary_plot", "campaign/objective_vs_lambda_table"} <= logged
     assert f"campaign-{summary['identity']}" in run.artifacts
 
 
+def test_every_job_of_the_campaign_is_a_named_wandb_run_of_its_group(ran):
+    """One offline W&B run per training and merge job, all in the campaign's group, named by what they are."""
+    root, _, summary, _ = ran
+    jobs = read_offline_runs(root / "runs") + read_offline_runs(root / "reports")
+    train = [r for r in jobs if r.job_type == "train"]
+    merge = [r for r in jobs if r.job_type == "merge"]
+    assert len(train) == 2 * 4 and len(merge) == 2 * 4 and {r.group for r in jobs} == {"campaign-quickstart"}
+    assert len({r.run_id for r in jobs}) == len(jobs) and all(r.exit_code == 0 for r in jobs)
+    names = sorted(r.name for r in train)
+    assert "orthoreg-tiny-clip/standard_ortho_lam0.1/Digits/seed0" in names
+    assert "orthoreg-tiny-clip/standard/Shapes/seed0" in names
+    assert any(r.name.startswith("negation/orthoreg-tiny-clip/standard_ortho_lam1/") for r in merge)
+
+
 def test_campaign_rerun_trains_and_merges_nothing(ran, cache_dir):
     root, folder, first, _ = ran
     metas = {p: p.stat().st_mtime_ns for p in (root / "runs").rglob("meta.json")}
-    done = campaign([*SMALL, "lambdas=[0.01,0.1,1]", "logger=none"], root, cache_dir)
+    offline = sorted(root.rglob("offline-run-*"))
+    done = campaign([*SMALL, "lambdas=[0.01,0.1,1]", "logger=wandb"], root, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     again = json.loads((folder / "summary.json").read_text())
     assert all(s["jobs"]["finished"] == 0 and s["jobs"]["failed"] == 0 for s in again["stages"])
     assert sum(s["jobs"]["skipped"] for s in again["stages"]) == 8 + 4 * 2
     assert {p: p.stat().st_mtime_ns for p in metas} == metas
     assert [r["objective"] for r in again["rows"]] == [r["objective"] for r in first["rows"]]
+    assert sorted(root.rglob("offline-run-*")) == offline  # nothing new to log: no second W&B folder
 
 
 def test_campaign_with_a_failing_point_reports_it_and_exits_1(tmp_path, cache_dir):

@@ -127,3 +127,12 @@ def test_python_dash_m(fake_data, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         runpy.run_module("orthoreg_pl.data", run_name="__main__")
     assert exit_.value.code == 0 and "SVHN" in capsys.readouterr().out
+
+
+def test_the_quickstart_tasks_are_known_and_need_no_data_root(tmp_path, capsys):
+    """``--tasks digits``: generated offline, so healthy without a data root, with its split sizes."""
+    assert main(["check", "--root", str(tmp_path / "nothing"), "--tasks", "digits", "Quadrants"]) == 0
+    out = capsys.readouterr().out
+    assert "Digits" in out and "Quadrants" in out and "ok" in out and "359" in out
+    (report,) = check_root(tmp_path / "nothing", ["Digits"])
+    assert report.healthy and report.classes == 10 and report.count("test").found == 359

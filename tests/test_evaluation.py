@@ -15,6 +15,7 @@ from orthoreg_pl.data import eval_dataloader
 from orthoreg_pl.evaluation.alphas import (
     DEFAULT_ALPHAS,
     check_alphas,
+    edge_warning,
     normalized_mean_curve,
     select_addition_alpha,
     select_negation_alpha,
@@ -185,3 +186,15 @@ def test_unpadded_sampler_shards_partition_the_data(monkeypatch):
         assert len(sampler) == len(shards[-1])
     assert sorted(itertools.chain(*shards)) == list(range(37))
     assert [len(s) for s in shards] == [13, 12, 12]
+
+
+def test_an_alpha_on_the_grids_edge_is_named():
+    """α* at the grid's largest α (or its smallest above 0) may hide a better α beyond: said in words."""
+    grid = [0.0, 0.5, 1.0]
+    assert edge_warning(grid, 1, "addition") is None
+    assert edge_warning(grid, 0, "addition") is None  # α = 0: no task vector is a real answer
+    assert edge_warning(grid, 2, "negation of Digits") == (
+        "negation of Digits: α* = 1 is the largest α of the grid; the best α may lie beyond it "
+        "(widen protocol.alphas to be sure)"
+    )
+    assert "smallest α" in edge_warning([0.2, 0.4], 0, "addition")

@@ -341,11 +341,12 @@ def xi_figure(
 
 
 def alpha_curves_figure(curves: Mapping[str, Mapping[str, dict]], out: Path, title: str) -> dict[str, dict]:
-    """``alpha_curves``: addition (normalised mean validation accuracy) and negation (mean target,
-    solid, and control, dashed, validation accuracy) against α, one colour per mode."""
+    """``alpha_curves``: addition (normalised mean validation accuracy, α* starred) and negation (mean
+    target, solid, and control, dashed, validation accuracy; the control's threshold dotted) against α,
+    one colour per mode."""
     fig, axes = _grid(1, 2, 5.0, 3.8)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    rows = []
+    rows, thresholds = [], {}
     for k, (label, protocols) in enumerate(curves.items()):
         colour = colours[k % len(colours)]
         for protocol, ax in (("addition", axes[0, 0]), ("negation", axes[0, 1])):
@@ -359,6 +360,16 @@ def alpha_curves_figure(curves: Mapping[str, Mapping[str, dict]], out: Path, tit
                     entry["alphas"], [100 * v for v in values], style, color=colour, marker=".", label=name
                 )
                 rows += [[protocol, label, curve, a, v] for a, v in zip(entry["alphas"], values)]
+            marks = entry.get("marks") or {}
+            if marks.get("chosen_alpha") is not None:  # addition: α* on its curve
+                alpha = marks["chosen_alpha"]
+                value = 100 * entry["curves"]["normalized mean"][entry["alphas"].index(alpha)]
+                ax.plot([alpha], [value], marker="*", markersize=13, color=colour, markeredgecolor="black",
+                        zorder=5, label=f"{label}: α* = {alpha:g}")  # fmt: skip
+            if marks.get("threshold") is not None and not thresholds.get(protocol):  # negation: drawn once
+                thresholds[protocol] = True
+                ax.axhline(100 * marks["threshold"], color="grey", linestyle=":", linewidth=1.5,
+                           label=f"control threshold: {marks['threshold_label']}")  # fmt: skip
     axes[0, 0].set_title("Task addition: θ0 + α·Σ τ", fontsize=9)
     axes[0, 0].set_ylabel("normalised mean validation accuracy (%)", fontsize=8)
     axes[0, 1].set_title("Task negation: θ0 − α·τ (mean over tasks)", fontsize=9)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from orthoreg_pl.campaign.plan import CampaignPlan
 from orthoreg_pl.campaign.summary import COLUMNS, PANELS, by_lambda, objective_name
-from orthoreg_pl.runs.loggers import wandb_configured
+from orthoreg_pl.runs.loggers import quiet_settings, wandb_configured
 from orthoreg_pl.utils.io import sha256_text, write_text
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def log_summary(cfg: DictConfig, plan: CampaignPlan, summary: dict, folder: Path
         resume="allow",
         mode="offline" if offline else "online",
         config={"campaign": plan.settings, "objective": summary["objective"]},
+        settings=quiet_settings(),
     )
     try:
         columns = list(COLUMNS)

@@ -20,10 +20,25 @@ from orthoreg_pl.campaign.plan import CampaignPlan, make_plan
 from orthoreg_pl.campaign.stages import run_multirun
 from orthoreg_pl.campaign.summary import build_summary, write_summary
 from orthoreg_pl.errors import RunFailed
+from orthoreg_pl.report.summary import closing
 
 log = logging.getLogger(__name__)
 JOBS_DIR = ".jobs"  # under the campaign folder: one outcome log per multirun
 BAD = ("failed", "interrupted")
+
+
+def campaign_end(cfg: DictConfig, summary: dict, out: Path) -> str:
+    """The campaign's closing block: its verdict, where the summary is, its W&B runs, what next."""
+    objective, best = summary["objective"], summary["objective"]["best"]
+    verdict = (
+        f"best by {objective['protocol']} {objective['metric']}: {best['mode']} λ={best['lam']:g} "
+        f"({100 * objective['value']:.2f} %)"
+        if best
+        else "no point was scored"
+    )
+    places = [f"Summary: {out / 'summary.md'} (table), {out / 'summary.png'} (each metric against λ)"]
+    folders = [Path(cfg.paths.runs_dir), Path(cfg.paths.reports_dir), out]
+    return closing([verdict], places, [f for f in folders if f.is_dir()], cfg.get("next_step"))
 
 
 def run_campaign(cfg: DictConfig) -> dict:
@@ -42,6 +57,7 @@ def run_campaign(cfg: DictConfig) -> dict:
     write_summary(out, summary)
     log_summary(cfg, plan, summary, out)
     print(summary["markdown"], flush=True)
+    print(campaign_end(cfg, summary, out), flush=True)
     failed = {
         kind: [o for s in stages if s.label.startswith(kind) for o in s.outcomes if o["outcome"] in BAD]
         for kind in ("train", "merge")

@@ -190,6 +190,20 @@ def _cell(column: str, value) -> str:
     return str(value)
 
 
+def noise_note(summary: dict) -> list[str]:
+    """How far the verdict can be trusted: with one seed, no interval can be given, and differences of
+    a point or two are within what another seed would move."""
+    if len(summary["grid"]["seeds"]) > 1:
+        return []
+    best, rows = summary["objective"]["best"], summary["rows"]
+    references = [r for r in rows if r["lam"] == 0 and r.get("objective") is not None]
+    line = "One seed: no interval can be given; differences of a point or two are within what another seed would move"
+    if best is not None and references and best["lam"] != 0:
+        gap = 100 * (summary["objective"]["value"] - references[0]["objective"])
+        line += f" (the best row is {gap:+.2f} points from {references[0]['mode']}, λ = 0)"
+    return [line + ". Run seeds=[0,1,2] for intervals.", ""]
+
+
 def markdown(summary: dict) -> str:
     objective = summary["objective"]
     lines = [
@@ -203,6 +217,7 @@ def markdown(summary: dict) -> str:
             f" ({pct(objective['value'])} %)"
         ),
         "",
+        *noise_note(summary),
     ]
     columns = list(COLUMNS)
     lines.append("| " + " | ".join(columns) + " |")

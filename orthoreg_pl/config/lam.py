@@ -5,14 +5,11 @@ Below both training and evaluation: a merge selects the runs of the λ they trai
 
 from __future__ import annotations
 
-import logging
 import math
 
 from omegaconf import DictConfig
 
 from orthoreg_pl.errors import OrthoRegError
-
-log = logging.getLogger(__name__)
 
 
 def format_lambda(value: float | int | str) -> str:
@@ -27,7 +24,8 @@ def format_lambda(value: float | int | str) -> str:
 
 
 def effective_lambda(cfg: DictConfig) -> float:
-    """λ the job trains (or selects runs) with: ``ortho.lam`` for penalised modes, 0 for the others."""
+    """λ the job trains (or selects runs) with: ``ortho.lam`` for penalised modes, 0 for the others
+    (whose ``ortho.lam`` a merge experiment sets for its penalised modes: nothing to say about it)."""
     raw = cfg.ortho.lam
     try:
         lam = float(raw)
@@ -39,8 +37,4 @@ def effective_lambda(cfg: DictConfig) -> float:
         )
     if lam < 0:
         raise OrthoRegError(f"ortho.lam={lam} is negative; the penalty weight λ must be >= 0")
-    if not cfg.mode.penalized:
-        if lam > 0:
-            log.info("mode=%s adds no penalty: ortho.lam=%s is ignored", cfg.mode.name, lam)
-        return 0.0
-    return lam
+    return lam if cfg.mode.penalized else 0.0

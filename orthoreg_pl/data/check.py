@@ -29,7 +29,7 @@ from PIL import Image
 
 from orthoreg_pl.data.files import READ_ERRORS, image_files_of
 from orthoreg_pl.data.layouts import LAYOUTS, SPLITS, carved_val_size
-from orthoreg_pl.data.registry import get_task
+from orthoreg_pl.data.registry import get_task, task_names
 from orthoreg_pl.errors import OrthoRegError
 
 IMAGE_MODES = ("none", "quick", "full")
@@ -139,6 +139,8 @@ def check_dataset(
     """
     if images not in IMAGE_MODES:
         raise ValueError(f"images must be one of {IMAGE_MODES}, not {images!r}")
+    if not get_task(task).needs_data_root:
+        return check_generated(task)
     layout = LAYOUTS[task]
     root = Path(root)
     folder = root / layout.folder
@@ -180,6 +182,23 @@ def check_dataset(
     return report
 
 
+def check_generated(task: str) -> DatasetReport:
+    """A quickstart task: made offline from a fixed seed into the cache, no data root needed; it is
+    generated here (into a temporary folder) and its splits counted."""
+    report = DatasetReport(task=task, folder=Path("(generated)"), status="problem")
+    try:
+        with tempfile.TemporaryDirectory() as cache:
+            data = get_task(task).load(Path(cache), Path(cache))
+    except OrthoRegError as err:
+        report.problem = str(err)
+        return report
+    report.classes = len(data.classnames)
+    splits = {"train_pool": data.train_pool, "val": data.val, "test": data.test}
+    report.counts = [SplitCount(k, len(v), None) for k, v in splits.items() if v is not None]
+    report.status = "ok"
+    return report
+
+
 def check_root(root: str | Path, tasks: Sequence[str] | None = None, **options) -> list[DatasetReport]:
     """Reports for ``tasks`` (default: the eight tasks and ImageNet) under ``root``."""
     return [check_dataset(task, root, **options) for task in (tasks or list(LAYOUTS))]
@@ -189,13 +208,15 @@ def check_root(root: str | Path, tasks: Sequence[str] | None = None, **options) 
 
 
 def resolve_tasks(names: Sequence[str] | None) -> list[str]:
-    """Task names as given, matched case-insensitively (``cars`` is ``Cars``)."""
+    """Task names as given, matched case-insensitively (``cars`` is ``Cars``); default: the datasets read
+    from a data root. The quickstart tasks are known too (generated, they need no data root)."""
     if not names:
         return list(LAYOUTS)
-    by_lower = {name.lower(): name for name in LAYOUTS}
+    known = [*LAYOUTS, *(t for t in task_names() if t not in LAYOUTS)]
+    by_lower = {name.lower(): name for name in known}
     unknown = [n for n in names if n.lower() not in by_lower]
     if unknown:
-        raise OrthoRegError(f"unknown dataset(s) {unknown}; expected some of {list(LAYOUTS)}")
+        raise OrthoRegError(f"unknown dataset(s) {unknown}; expected some of {known}")
     return [by_lower[n.lower()] for n in names]
 
 
@@ -241,7 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="check a data root against the layouts of docs/data.md")
     check.add_argument("--root", required=True, help="the data root (paths.data_root)")
-    check.add_argument("--tasks", nargs="+", help=f"datasets to check (default: all of {', '.join(LAYOUTS)})")
+    check.add_argument(
+        "--tasks", nargs="+",
+        help=f"datasets to check (default: all of {', '.join(LAYOUTS)}; the quickstart tasks are generated)",
+    )  # fmt: skip
     check.add_argument(
         "--images", choices=IMAGE_MODES, default="quick", help="how to check image files (default: quick)"
     )

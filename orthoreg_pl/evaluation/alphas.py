@@ -60,3 +60,17 @@ def select_negation_alpha(
         )
     lowest = min(target_val[i] for i in feasible)
     return next(i for i in feasible if target_val[i] == lowest)
+
+
+def edge_warning(alphas: Sequence[float], index: int, what: str) -> str | None:
+    """A note when the chosen α is the grid's largest (the best may lie beyond it) or, above 0, its
+    smallest: the grid should then be widened to be sure α* is the best."""
+    if len(alphas) < 2 or (0 < index < len(alphas) - 1):
+        return None
+    if index == 0 and alphas[0] == 0:
+        return None  # α = 0 (no task vector) is a real answer, not an edge of the search
+    side = "largest" if index == len(alphas) - 1 else "smallest"
+    return (
+        f"{what}: α* = {alphas[index]:g} is the {side} α of the grid; the best α may lie beyond it "
+        "(widen protocol.alphas to be sure)"
+    )

@@ -67,6 +67,16 @@ def curves_of(report: dict) -> dict[str, list[float]]:
     }
 
 
+def marks_of(report: dict) -> dict:
+    """What a figure of the curves marks: addition's α*, negation's control threshold."""
+    if report["protocol"] == "addition":
+        return {"chosen_alpha": report["chosen_alpha"]}
+    return {
+        "threshold": report["threshold"] * report["control_zeroshot"]["val"],
+        "threshold_label": f"{report['threshold']:g} × zero-shot {report['control']}",
+    }
+
+
 def collect_curves(
     reports_dir: str | Path,
     modes: Sequence[tuple[str, str, float]],
@@ -75,7 +85,8 @@ def collect_curves(
     tasks: Sequence[str],
     merge_method: str,
 ) -> dict[str, dict[str, dict]]:
-    """label -> protocol -> {"alphas", "curves", "report"} for the (label, mode, λ) whose reports exist."""
+    """label -> protocol -> {"alphas", "curves", "report", "marks"} for the (label, mode, λ) whose
+    reports exist; ``marks``: addition's α*, negation's control threshold (threshold × zero-shot val)."""
     out: dict[str, dict[str, dict]] = {}
     for label, mode, lam in modes:
         for protocol in PROTOCOLS:
@@ -87,5 +98,6 @@ def collect_curves(
                 "alphas": list(report["alphas"]),
                 "curves": curves_of(report),
                 "report": str(path),
+                "marks": marks_of(report),
             }
     return out

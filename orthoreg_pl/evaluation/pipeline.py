@@ -108,6 +108,8 @@ def run_merge(cfg: DictConfig) -> dict:
         "reference_check": cross_check(body["references"], vectors, float(cfg.reference_tolerance)),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    for warning in report.get("warnings", []):
+        log.warning("%s", warning)
     if evaluator.trainer.is_global_zero:
         write_report(cfg.paths.output_dir, report)
         log_report(cfg, report)

@@ -54,7 +54,8 @@ def markdown(report: dict) -> str:
             f"(zero-shot {pct(report['control_zeroshot']['test'])}); α per task keeps control val >= "
             f"{report['threshold']} × zero-shot."
         )
-    return head + "\n".join(lines) + "\n\n" + note + "\n"
+    warnings = "".join(f"\n⚠ {w}\n" for w in report.get("warnings", []))
+    return head + "\n".join(lines) + "\n\n" + note + "\n" + warnings
 
 
 def csv_text(report: dict) -> str:
@@ -66,22 +67,84 @@ def csv_text(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Validation accuracy against α per task (and the selection criterion)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    alphas = report["alphas"]
-    for name, curve in report["val_curves"].items():
-        ax.plot(alphas, [100 * v for v in curve], marker=".", label=name)
-    if report.get("chosen_alpha") is not None:
-        ax.axvline(report["chosen_alpha"], color="k", linestyle="--", linewidth=1, label="α*")
-    ax.set_xlabel("α")
-    ax.set_ylabel("validation accuracy (%)")
+    """Validation accuracy against α, with what was chosen marked: addition's per-task curves and the
+    normalised mean that picks α* (marked); negation's target (solid) and control (dashed) per task in
+    one colour each, each task's α marked, and the control's threshold drawn."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    if report["protocol"] == "negation":
+        _negation_curves(ax, report)
+    else:
+        _addition_curves(ax, report)
+    ax.set_xlabel("α (scale of the task vector)")
     ax.set_title(f"{report['protocol']}: {report['arch']}, {report['mode']} (λ={report['lam']:g})")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    for k, warning in enumerate(report.get("warnings", [])):
+        fig.text(0.01, 0.01 + 0.03 * k, f"⚠ {warning}", fontsize=6, color="darkred")
+    fig.tight_layout(rect=(0, 0.03 * len(report.get("warnings", [])), 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def _addition_curves(ax, report: dict) -> None:
+    alphas, curves = report["alphas"], report["val_curves"]
+    for name, curve in curves.items():
+        if name != "normalized mean":
+            ax.plot(
+                alphas,
+                [100 * v for v in curve],
+                marker=".",
+                linewidth=1,
+                alpha=0.7,
+                label=f"{name} (val acc)",
+            )
+    mean = [100 * v for v in curves["normalized mean"]]
+    ax.plot(
+        alphas,
+        mean,
+        color="black",
+        linewidth=2.2,
+        marker="o",
+        markersize=3,
+        label="normalised mean (picks α*)",
+    )
+    alpha = report["chosen_alpha"]
+    best = mean[alphas.index(alpha)]
+    ax.axvline(alpha, color="black", linestyle="--", linewidth=1)
+    ax.plot([alpha], [best], marker="*", markersize=14, color="gold", markeredgecolor="black", zorder=5)
+    ax.annotate(
+        f"α* = {alpha:g}\n{best:.1f} %",
+        (alpha, best),
+        textcoords="offset points",
+        xytext=(8, -22),
+        fontsize=8,
+    )
+    ax.set_ylabel("validation accuracy (%); normalised: / fine-tuned")
+
+
+def _negation_curves(ax, report: dict) -> None:
+    alphas, curves = report["alphas"], report["val_curves"]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, task in enumerate(report["per_task"]):
+        colour = colours[k % len(colours)]
+        target, control = curves[f"{task} target"], curves[f"{task} control"]
+        ax.plot(alphas, [100 * v for v in target], "-", color=colour, marker=".", label=f"{task}: target")
+        ax.plot(alphas, [100 * v for v in control], "--", color=colour, linewidth=1, label=f"{task}: control")
+        i = alphas.index(report["per_task"][task]["alpha"])
+        ax.plot(
+            [alphas[i]],
+            [100 * target[i]],
+            marker="o",
+            markersize=8,
+            color=colour,
+            markeredgecolor="black",
+            zorder=5,
+        )
+    threshold = 100 * report["threshold"] * report["control_zeroshot"]["val"]
+    ax.axhline(threshold, color="grey", linestyle=":", linewidth=1.5,
+               label=f"threshold: {report['threshold']:g} × zero-shot {report['control']} ({threshold:.1f} %)")  # fmt: skip
+    ax.set_ylabel("validation accuracy (%): target ↓ (—), control (--); ● chosen α")
 
 
 def write_report(report_dir: str | Path, report: dict) -> None:

@@ -46,27 +46,37 @@ def wandb_runs(folders: Sequence[Path]) -> list[Path]:
     return sorted(p for folder in folders for p in Path(folder).rglob("offline-run-*") if p.is_dir())
 
 
+def closing(
+    key_lines: Sequence[str], places: Sequence[str], folders: Sequence[Path], next_command: str | None
+) -> str:
+    """The closing block: the key numbers, where things are, the W&B runs below ``folders`` and how to
+    view them, the next command."""
+    lines = ["", RULE, "Done. In short:", *(f"  {line}" for line in key_lines), *places]
+    offline = wandb_runs(folders)
+    if offline:
+        where = " ".join(shlex.quote(str(f)) for f in folders)
+        lines.append(
+            f"W&B: {len(offline)} offline runs (one per job). To view them, log in once (`wandb login`), then: "
+            f"find {where} -type d -name 'offline-run-*' -exec .venv/bin/wandb sync {{}} +"
+        )
+    if next_command:
+        lines.append(f"Next: {next_command}")
+    return "\n".join([*lines, RULE])
+
+
 def journey_end(folders: Sequence[Path], reports: Sequence[dict], next_command: str) -> str:
-    """The closing lines (see the module docstring)."""
-    places = " ".join(shlex.quote(str(f)) for f in folders)
-    lines = ["", RULE, "Done. In short:"]
-    lines += [f"  {line}" for line in key_numbers(reports)]
+    """The end of ``make quickstart`` (see the module docstring)."""
+    places = []
     merged = sorted({str(Path(r["config"]["paths"]["output_dir"])) for r in reports if r.get("config")})
     if merged:
-        lines.append(
-            f"Reports: {len(merged)} merge folders (report.md, report.csv, alpha_curve.png each) under {places}"
+        where = " ".join(shlex.quote(str(f)) for f in folders)
+        places.append(
+            f"Reports: {len(merged)} merge folders (report.md, report.csv, alpha_curve.png each) under {where}"
         )
     for r in reports:
         if r["protocol"] == "analysis" and r.get("config"):
             figures = Path(r["config"]["paths"]["output_dir"]) / "report.md"
-            lines.append(
+            places.append(
                 f"Figures: {figures} ({len(r.get('figures') or {})} figures: cosines, angles, ξ, α curves)"
             )
-    offline = wandb_runs(folders)
-    if offline:
-        lines.append(
-            f"W&B: {len(offline)} offline runs (one per job). To view them, log in once (`wandb login`), then: "
-            f"find {places} -type d -name 'offline-run-*' -exec .venv/bin/wandb sync {{}} +"
-        )
-    lines += [f"Next: {next_command}", RULE]
-    return "\n".join(lines)
+    return closing(key_numbers(reports), places, folders, next_command)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import configure_log
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -87,8 +88,18 @@ def end_process_group(saved_env: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
+def reapply_job_logging() -> None:
+    """Apply the job's logging config (configs/hydra/job_logging) once more. Lightning sets its loggers
+    to INFO (and may add a handler of its own) when it is imported, which is now after Hydra configured
+    the job's logging (the command line is checked before any heavy import): without this, its INFO
+    lines would show, twice in a joblib worker."""
+    if HydraConfig.initialized():
+        configure_log(HydraConfig.get().job_logging, HydraConfig.get().verbose)
+
+
 def run_or_exit(job: Callable[[DictConfig], T], cfg: DictConfig, root: str | Path) -> T | None:
     """Run ``job(cfg)`` and record its outcome; see the module docstring for how failures end."""
+    reapply_job_logging()
     multirun = in_multirun()
     stopped = stop_signal() if multirun else None
     if stopped is not None:  # the sweep was asked to stop before this job started

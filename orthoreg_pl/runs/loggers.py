@@ -28,8 +28,17 @@ def wandb_configured() -> bool:
         return False
 
 
+def quiet_settings() -> object:
+    """wandb's settings for a job's run: no banner of its own (where the run is saved, how to sync it)
+    in every job's output; the end of a quickstart or campaign says it once for all runs."""
+    import wandb
+
+    return wandb.Settings(quiet=True)
+
+
 def wandb_logger(offline: bool | None = None, **kwargs) -> WandbLogger:
     """A WandbLogger, offline unless W&B is configured (offline runs sync later with ``wandb sync``)."""
+    kwargs.setdefault("settings", quiet_settings())
     logger = WandbLogger(offline=not wandb_configured() if offline is None else offline, **kwargs)
     # Lightning always hands wandb.init ``anonymous`` (None unless asked), which wandb warns has no
     # effect; we never ask for it, so it is not passed at all

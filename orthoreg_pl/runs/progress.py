@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from orthoreg_pl.runs.outcomes import LOG_ENV, read_outcomes
 
 PREFIX_ENV = "ORTHOREG_PROGRESS_PREFIX"
+SWEPT_ENV = "ORTHOREG_SWEPT_KEYS"  # the keys a sweep varies: what names its jobs on the line
 REPORT_EVERY_S = 2.0  # a job writes its step at most this often
 DRAW_EVERY_S = 1.0
 LOG_EVERY_S = 30.0
@@ -71,8 +72,12 @@ def clear_progress() -> None:
 
 
 def job_label(overrides: list[str]) -> str:
-    """A job as the sweep's overrides name it, shortest first: ``mode=standard_ortho dataset=digits``."""
-    shown = [o for o in overrides if not o.startswith(("hydra", "paths.", "experiment="))]
+    """A job by what sets it apart in its sweep: ``dataset=digits mode=standard_ortho``."""
+    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    shown = [
+        o for o, k in zip(overrides, keys) if (k in swept if swept else not k.startswith(("hydra", "paths.")))
+    ]
     return " ".join(shown) or "job"
 
 

@@ -16,28 +16,38 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from orthoreg_pl.runs.outcomes import GROUP_ENV, LOG_ENV, read_outcomes, summary_lines
-from orthoreg_pl.runs.progress import ProgressLine
+from orthoreg_pl.runs.progress import SWEPT_ENV, ProgressLine
 from orthoreg_pl.runs.stop import install_sweep_handlers, restore_handlers, stop_signal
 
 
-def count_jobs(config: DictConfig) -> int | None:
-    """The number of jobs the basic sweeper's grid holds (None for another sweeper: Optuna's trials)."""
+def grid(config: DictConfig) -> tuple[int | None, list[str]]:
+    """The number of jobs the basic sweeper's grid holds (None for another sweeper: Optuna's trials),
+    and the keys it sweeps."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
-        return None
     try:
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    except Exception:  # noqa: BLE001 - the line then names jobs by all their overrides
+        return None, []
+    swept = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
+        return None, swept
+    try:
         (jobs,) = BasicSweeper.split_arguments(parsed, None)
     except Exception:  # noqa: BLE001 - the line then counts without a total
-        return None
-    return len(jobs)
+        return None, swept
+    return len(jobs), swept
 
 
 class SweepSummary(Callback):
     """A caller that launches the multirun (the campaign) may name the log file itself: it sets
     ``ORTHOREG_SWEEP_LOG`` to a new file and reads the jobs' outcomes and output folders from it."""
+
+    def __getstate__(self) -> dict:
+        """Launchers that run jobs in other processes (joblib) send the callbacks along: the line's
+        thread and the signal handlers stay in the sweep's own process."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("line", "handlers")}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         started = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -54,7 +64,9 @@ class SweepSummary(Callback):
         os.environ.setdefault(GROUP_ENV, f"{config.hydra.job.name}-{started}")
         in_process = "BasicLauncher" in str(config.hydra.launcher.get("_target_", ""))
         self.handlers = install_sweep_handlers(jobs_in_this_process=in_process)
-        self.line = ProgressLine(str(config.hydra.job.name), count_jobs(config)).start()
+        total, swept = grid(config)
+        os.environ[SWEPT_ENV] = ",".join(swept)
+        self.line = ProgressLine(str(config.hydra.job.name), total).start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.line.stop()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -58,6 +59,12 @@ class Skipped(dict):
     """The meta.json of a run that was already finished: returned by :func:`train` without training."""
 
     skipped = True
+
+
+def _named_on_command_line(key: str) -> bool:
+    return HydraConfig.initialized() and any(
+        o.split("=", 1)[0].lstrip("+~") == key for o in HydraConfig.get().overrides.task
+    )
 
 
 def run_identity(cfg: DictConfig, lam: float) -> dict:
@@ -108,6 +115,8 @@ def train(cfg: DictConfig) -> dict:
     validate_train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     lam = effective_lambda(cfg)
+    if not cfg.mode.penalized and _named_on_command_line("ortho.lam"):
+        log.warning("mode=%s adds no penalty: ortho.lam=%s is ignored", cfg.mode.name, cfg.ortho.lam)
     identity = run_identity(cfg, lam)
     if rank_zero_only.rank != 0:
         # Other processes of a DDP/FSDP run never write the folder (rank 0 holds its lock), but must take

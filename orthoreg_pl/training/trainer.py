@@ -10,7 +10,9 @@ way. Set per process, so every DDP rank and every merge gets it; it is part of a
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from typing import Any
 
 import lightning as L
@@ -33,4 +35,8 @@ def make_trainer(
     torch.set_float32_matmul_precision(matmul_precision)
     if enable_progress_bar is None:
         enable_progress_bar = sys.stderr.isatty() and not in_multirun()
+    if not os.environ.get("SLURM_JOB_ID"):
+        # Lightning warns at every fit/validate/test that SLURM's `srun` is installed but not used; outside
+        # a SLURM allocation there is nothing to prepend it to, so the warning is noise there
+        warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
     return L.Trainer(enable_progress_bar=enable_progress_bar, **trainer_kwargs)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from orthoreg_pl.evaluation.alphas import normalized_mean_curve, select_addition_alpha
+from orthoreg_pl.evaluation.alphas import edge_warning, normalized_mean_curve, select_addition_alpha
 from orthoreg_pl.evaluation.protocols.common import Protocol, mean_row
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ def run_addition(
         "per_task": per_task,
         "mean": mean_row(per_task, columns),
         "references": refs,
+        "warnings": [w for w in [edge_warning(alphas, best, "addition")] if w],
     }
 
 

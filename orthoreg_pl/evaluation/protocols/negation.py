@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from orthoreg_pl.config.groups import task_names
 from orthoreg_pl.config.validation import Rule, number
 from orthoreg_pl.errors import OrthoRegError
-from orthoreg_pl.evaluation.alphas import select_negation_alpha
+from orthoreg_pl.evaluation.alphas import edge_warning, select_negation_alpha
 from orthoreg_pl.evaluation.protocols.common import Protocol, mean_row
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def run_negation(
         )
     refs = evaluator.task_references(vectors)
     negative = [-a for a in alphas]
-    per_task, curves, target_val_at = {}, {}, {}
+    per_task, curves, target_val_at, warnings = {}, {}, {}, []
     for task, vector in vectors.items():
         target_val = evaluator.accuracy(task, "val", vector, negative)
         control_val = evaluator.accuracy(control, "val", vector, negative)
@@ -37,6 +37,7 @@ def run_negation(
             alphas, target_val, control_val, control_zeroshot["val"], cfg.protocol.threshold
         )
         alpha = alphas[best]
+        warnings += [w for w in [edge_warning(alphas, best, f"negation of {task}")] if w]
         curves[f"{task} target"], curves[f"{task} control"] = target_val, control_val
         target_val_at[task] = target_val[best]
         per_task[task] = {
@@ -58,6 +59,7 @@ def run_negation(
         "per_task": per_task,
         "mean": mean_row(per_task, columns),
         "references": refs,
+        "warnings": warnings,
     }
 
 
