@@ -4,7 +4,8 @@ A campaign is a grid of modes × λ × seeds on one backbone and a set of tasks.
 (``*_ortho``) are trained at every λ; the other modes once (they are the λ = 0 reference), so the grid
 becomes at most two training multiruns and two merge multiruns (addition and negation swept together
 through their experiments). Every mode, task and experiment is composed here, with Hydra's compose
-API, before anything is launched: a typo stops the campaign at once with what is accepted.
+API, before anything is launched: a typo stops the campaign at once with what is accepted, and a
+SLURM job the cluster would refuse (``sbatch --test-only``, runs/slurm.py) too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from orthoreg_pl.data.layouts import LAYOUTS
 from orthoreg_pl.data.registry import get_task
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.runs.identity import campaign_settings, identity_hash
+from orthoreg_pl.runs.slurm import check_submission
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,14 @@ def make_plan(cfg: DictConfig) -> CampaignPlan:
 
     merge_base = [*common, f"tasks=[{','.join(tasks.values())}]", *[str(o) for o in cfg.overrides.merge]]
     running, skipped = _protocols(experiments, merge_base, arch)
+
+    # the larger multirun of each stage, shown to sbatch when the launcher is SLURM's
+    points = max(len(penalized) * len(lambdas), len(plain)) * len(seeds)
+    first_train = [*train_base, f"dataset={datasets[0]}"]
+    check_submission(compose("train", first_train, return_hydra_config=True), jobs=len(datasets) * points)
+    if running:
+        first_merge = [f"experiment={next(iter(running.values()))}", *merge_base]
+        check_submission(compose("merge", first_merge, return_hydra_config=True), jobs=len(running) * points)
 
     seed_list = ",".join(str(s) for s in seeds)
     lam_list = ",".join(repr(lam) for lam in lambdas)  # exact: a searched λ trains as proposed

@@ -4,7 +4,9 @@ before any folder is made, data read or model built.
 
 Hydra's own composition errors (an unknown group option, a malformed override) keep their message,
 on one line, and the script's usage line follows. A multirun is checked job by job (the basic
-sweeper's grid); values a sweeper proposes later are checked by each job itself.
+sweeper's grid); values a sweeper proposes later are checked by each job itself. A multirun through
+the SLURM launcher is also shown to ``sbatch --test-only`` (runs/slurm.py): a job the cluster would
+refuse stops here, before Hydra writes ``multirun.yaml``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import orthoreg_pl.cli.help  # noqa: F401  (registers ${script_groups:}, which -
 from orthoreg_pl.config.groups import CONFIG_DIR, check_experiment_kind
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.evaluation.validation import validate_merge
+from orthoreg_pl.runs.slurm import check_submission
 from orthoreg_pl.training.validation import validate_train
 
 USAGE = {
@@ -122,6 +125,9 @@ def precheck(kind: str, argv: list[str] | None = None) -> None:
                 if len(jobs) > 1:
                     raise OrthoRegError(f"{err} (in the job {' '.join(overrides)})") from None
                 raise
+        multirun = any(a in MULTIRUN_FLAGS for a in argv)
+        if multirun and jobs:  # the launcher's settings are the sweep's, the same for every job
+            check_submission(compose_job(kind, jobs[0]), jobs=len(jobs))
     except BAD_INPUT as err:
         fail(kind, str(err))
     finally:
