@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 import lightning as L
 import pytest
@@ -55,8 +56,6 @@ def test_identity_keeps_earlier_runs_at_highest_and_separates_tf32(tmp_path, cac
 @pytest.fixture
 def in_a_slurm_job(monkeypatch):
     """This process as the only task of SLURM job 4242 (as srun starts it); the signal handlers put back."""
-    import signal
-
     for key in [k for k in os.environ if k.startswith(("SLURM_", "SUBMITIT_"))]:
         monkeypatch.delenv(key)
     slurm = {"JOB_ID": "4242", "JOB_NAME": "orthoreg", "NTASKS": "1", "PROCID": "0", "LOCALID": "0",
@@ -78,8 +77,14 @@ class ListHandler(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def fit_two_steps(trainer: L.Trainer) -> list[str]:
-    """Fit a linear model two steps under the run's lifecycle; the INFO lines Lightning and we logged."""
+def fit_two_steps(
+    trainer: L.Trainer,
+    checkpoint: str = "unused/last.ckpt",
+    sigterm: bool = False,
+    messages: list | None = None,
+) -> list[str]:
+    """Fit a linear model two steps under the run's lifecycle (SIGTERM at the first step if asked);
+    the INFO lines Lightning and we logged (also into ``messages``, kept if the fit raises)."""
     from orthoreg_pl.runs.lifecycle import RunLifecycle
 
     class Tiny(L.LightningModule):
@@ -88,14 +93,17 @@ def fit_two_steps(trainer: L.Trainer) -> list[str]:
             self.layer = torch.nn.Linear(4, 2)
 
         def training_step(self, batch, batch_idx):
+            if sigterm and self.global_step == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
             return self.layer(batch[0]).square().mean()
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    lifecycle = RunLifecycle("identity", "unused/last.ckpt")
+    lifecycle = RunLifecycle("identity", checkpoint)
     trainer.callbacks.append(lifecycle)
     handler = ListHandler()
+    handler.messages = [] if messages is None else messages
     loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "orthoreg_pl")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -133,6 +141,22 @@ def test_under_slurm_lightning_leaves_the_requeue_to_the_lifecycle(in_a_slurm_jo
     ]
     # Lightning left alone (a Trainer not made by make_trainer) would set its own handlers
     assert any("SLURM auto-requeueing enabled" in m for m in fit_two_steps(L.Trainer(**QUIET)))
+
+
+def test_the_signal_time_checkpoint_is_saved_once_and_whole(
+    in_a_slurm_job, tmp_path, restore_matmul_precision
+):
+    """SIGTERM under SLURM: the lifecycle's save (weights and optimizer state: the run resumes from it),
+    stated explicitly, so Lightning has nothing to warn about; Lightning saves no checkpoint of its own."""
+    from orthoreg_pl.errors import RunInterrupted
+
+    messages = []
+    with pytest.raises(RunInterrupted, match="stopped by SIGTERM at step 1"):
+        fit_two_steps(make_trainer(**{**QUIET, "default_root_dir": str(tmp_path)}), str(tmp_path / "last.ckpt"),
+                      sigterm=True, messages=messages)  # fmt: skip
+    assert messages and not [m for m in messages if "weights_only" in m], messages
+    assert [p.name for p in tmp_path.rglob("*.ckpt")] == ["last.ckpt"]
+    assert "optimizer_states" in torch.load(tmp_path / "last.ckpt", weights_only=True)
 
 
 def test_outside_slurm_the_trainer_gets_no_cluster_plugin(monkeypatch, restore_matmul_precision):

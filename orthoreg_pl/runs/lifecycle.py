@@ -228,7 +228,9 @@ class RunLifecycle(L.Callback):
         if not stop:
             return
         signum = self.pending_signal or signal.SIGTERM
-        trainer.save_checkpoint(self.checkpoint_path)
+        trainer.save_checkpoint(
+            self.checkpoint_path, weights_only=False
+        )  # all of it: the run resumes from it
         handler = self._submitit_handler(signum)
         if handler is not None:
             self._hand_over(handler, signum, f"at step {trainer.global_step}")
