@@ -114,7 +114,7 @@ def test_slurm_launcher_asks_for_what_the_trainer_uses():
     assert (launcher.signal_delay_s, launcher.max_num_timeout) == (180, 20)
     assert launcher.additional_parameters == {"requeue": True}
     assert launcher.setup[0] == "export PYTHONUNBUFFERED=1"
-    assert "${SLURM_RESTART_COUNT:-0}" in launcher.setup[1]  # a shell variable, not an interpolation
+    assert "restart $((SLURM_RESTART_COUNT + 0))" in launcher.setup[1]  # 0 before the first requeue
     cfg = compose_config(["experiment=quickstart", "hydra/launcher=slurm"], keep_hydra=True)
     launcher = cfg.hydra.launcher  # trainer=cpu, no loader workers: one task, one CPU, no GPU
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node, launcher.cpus_per_task) == (
