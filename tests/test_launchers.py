@@ -269,6 +269,58 @@ def test_campaign_plan_refuses_a_slurm_job_sbatch_would_not_take(tmp_path, cpu_o
     assert all(c.startswith("--test-only ") for c in cpu_only_sbatch.read_text().splitlines())
 
 
+def test_a_sweep_whose_jobs_need_another_shape_than_the_launcher_is_refused(cpu_only_sbatch, capsys):
+    """Hydra composes the launcher from the overrides the jobs share: sweeping the merge experiments leaves
+    the launcher with merge.yaml's own trainer (accelerator auto: a GPU) while the quickstart jobs run on
+    the CPU. One line says so; the trainer named outside the sweep fits them all."""
+    from orthoreg_pl.cli.precheck import precheck
+
+    argv = [
+        "-m",
+        "experiment=quickstart_addition,quickstart_negation",
+        "hydra/launcher=slurm",
+        "mode=standard_ortho",
+    ]
+    with pytest.raises(SystemExit) as done:
+        precheck("merge", argv)
+    (line, usage) = capsys.readouterr().err.splitlines()
+    assert done.value.code == 2 and usage.startswith("usage: python merge.py")
+    assert line == (
+        "error: hydra/launcher=slurm asks once for the whole multirun, from the overrides its jobs share "
+        "(nodes=1, tasks_per_node=1, gpus_per_node=1, cpus_per_task=5), but the job "
+        "experiment=quickstart_addition hydra/launcher=slurm mode=standard_ortho needs nodes=1, tasks_per_node=1, "
+        "gpus_per_node=None, cpus_per_task=1; give the trainer (and data.num_workers) outside the sweep, e.g. "
+        "trainer=cpu"
+    )
+    assert not cpu_only_sbatch.exists()  # refused before sbatch was asked
+    precheck("merge", [*argv, "trainer=cpu", "data.num_workers=0"])  # accepted
+    assert all(c.startswith("--test-only ") for c in cpu_only_sbatch.read_text().splitlines())
+
+
+def test_the_campaigns_merge_multirun_asks_for_what_its_experiments_need(tmp_path, cpu_only_sbatch):
+    """The campaign sweeps addition and negation in one merge multirun; under SLURM it names the shape
+    their jobs need as hydra.launcher overrides (here: the CPU, one CPU per task), and the merge
+    multirun's own check (the overrides its jobs share) accepts it."""
+    from test_campaign import plan_of
+
+    from orthoreg_pl.cli.precheck import precheck
+
+    plan = plan_of("experiment=campaign_quickstart", "launcher=slurm", f"paths.root_dir={tmp_path}")
+    merge = list(plan.merge[0].overrides)
+    assert "experiment=quickstart_addition,quickstart_negation" in merge
+    shape = [o for o in merge if o.startswith("hydra.launcher.")]
+    assert shape == [
+        "hydra.launcher.nodes=1",
+        "hydra.launcher.tasks_per_node=1",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.cpus_per_task=1",
+    ]
+    precheck("merge", ["-m", *merge])  # exits 2 if refused (a GPU asked for on this CPU-only cluster)
+    assert cpu_only_sbatch.read_text().count("--test-only") >= 2  # the plan's check, then the multirun's
+    plain = plan_of("experiment=campaign_quickstart", "launcher=joblib", f"paths.root_dir={tmp_path}")
+    assert not [o for o in plain.merge[0].overrides if o.startswith("hydra.launcher.")]
+
+
 def _task(cfg):  # the task function handed to the launcher (pickled into the submission, never run)
     return None
 

@@ -5,8 +5,9 @@ before any folder is made, data read or model built.
 Hydra's own composition errors (an unknown group option, a malformed override) keep their message,
 on one line, and the script's usage line follows. A multirun is checked job by job (the basic
 sweeper's grid); values a sweeper proposes later are checked by each job itself. A multirun through
-the SLURM launcher is also shown to ``sbatch --test-only`` (runs/slurm.py): a job the cluster would
-refuse stops here, before Hydra writes ``multirun.yaml``.
+the SLURM launcher is also shown to ``sbatch --test-only`` (runs/slurm.py), with the resources Hydra's
+launcher will ask for (composed from the overrides the jobs share): a job the cluster would refuse
+stops here, before Hydra writes ``multirun.yaml``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import orthoreg_pl.cli.help  # noqa: F401  (registers ${script_groups:}, which -
 from orthoreg_pl.config.groups import CONFIG_DIR, check_experiment_kind
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.evaluation.validation import validate_merge
-from orthoreg_pl.runs.slurm import check_submission
+from orthoreg_pl.runs.slurm import check_slurm_multirun
 from orthoreg_pl.training.validation import validate_train
 
 USAGE = {
@@ -92,6 +93,14 @@ def job_overrides(argv: list[str]) -> list[list[str]] | None:
     return jobs[:MAX_CHECKED_JOBS]
 
 
+def sweep_base(argv: list[str]) -> list[str]:
+    """The overrides every job of a multirun shares: Hydra composes the launcher's config (its SLURM
+    resources included) from these alone, without the swept values (``experiment=a,b`` is not in it)."""
+    overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
+    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
 def compose_job(kind: str, overrides: list[str]) -> DictConfig:
     """The config one job will get (with the ``hydra`` node, so its run folder can be resolved)."""
     GlobalHydra.instance().clear()
@@ -99,8 +108,8 @@ def compose_job(kind: str, overrides: list[str]) -> DictConfig:
         return compose(config_name=kind, overrides=overrides, return_hydra_config=True)
 
 
-def check_job(kind: str, overrides: list[str]) -> None:
-    """Compose and validate one job; OrthoRegError (or Hydra's error) when it would not run."""
+def check_job(kind: str, overrides: list[str]) -> DictConfig:
+    """Compose and validate one job (its config back); OrthoRegError (or Hydra's error) when it would not run."""
     cfg = compose_job(kind, overrides)
     VALIDATORS[kind](cfg)
     HydraConfig.instance().set_config(cfg)
@@ -108,6 +117,7 @@ def check_job(kind: str, overrides: list[str]) -> None:
         OmegaConf.select(cfg, "hydra.run.dir", throw_on_missing=True)  # the run folder's name resolves
     finally:
         HydraConfig.instance().cfg = None
+    return cfg
 
 
 def precheck(kind: str, argv: list[str] | None = None) -> None:
@@ -118,16 +128,16 @@ def precheck(kind: str, argv: list[str] | None = None) -> None:
         return
     try:
         jobs = job_overrides(argv)
+        checked = []
         for overrides in jobs or []:
             try:
-                check_job(kind, overrides)
+                checked.append((overrides, check_job(kind, overrides)))
             except OrthoRegError as err:
                 if len(jobs) > 1:
                     raise OrthoRegError(f"{err} (in the job {' '.join(overrides)})") from None
                 raise
-        multirun = any(a in MULTIRUN_FLAGS for a in argv)
-        if multirun and jobs:  # the launcher's settings are the sweep's, the same for every job
-            check_submission(compose_job(kind, jobs[0]), jobs=len(jobs))
+        if jobs and any(a in MULTIRUN_FLAGS for a in argv):
+            check_slurm_multirun(compose_job(kind, sweep_base(argv)), checked)
     except BAD_INPUT as err:
         fail(kind, str(err))
     finally:

@@ -195,4 +195,45 @@ def check_submission(cfg: DictConfig, jobs: int = 1, env: Mapping[str, str] | No
     raise OrthoRegError(f"sbatch refuses the SLURM launcher's job ({message}); {what}")
 
 
-__all__ = ["SLURM_LAUNCHER", "check_submission", "job_resources", "slurm_resource", "submission_script"]
+def shape_text(resources: Mapping[str, int | None]) -> str:
+    return ", ".join(f"{key}={resources[key]}" for key in RESOURCES)
+
+
+def launcher_overrides(resources: Mapping[str, int | None]) -> list[str]:
+    """``hydra.launcher.<key>=<value>`` for each resource: a shape named outright, not derived."""
+    return [
+        f"hydra.launcher.{key}={'null' if resources[key] is None else resources[key]}" for key in RESOURCES
+    ]
+
+
+def check_slurm_multirun(base: DictConfig, jobs: list[tuple[list[str], DictConfig]]) -> None:
+    """A multirun through the SLURM launcher: every job fits the shape the launcher asks for, and sbatch
+    takes it. Hydra composes the launcher from ``base``, the overrides all jobs share, so a job whose
+    swept values change its trainer (``merge.py -m experiment=a,b``) would get another's shape; a
+    resource set outright (``hydra.launcher.cpus_per_task=8``) is the user's and not compared."""
+    if not uses_slurm(base):
+        return
+    launcher = base.hydra.launcher
+    derived = [key for key in RESOURCES if OmegaConf.is_interpolation(launcher, key)]
+    shape = job_resources(base.get("trainer"), base.get("data"))
+    for overrides, cfg in jobs:
+        theirs = job_resources(cfg.get("trainer"), cfg.get("data"))
+        if any(theirs[key] != shape[key] for key in derived):
+            raise OrthoRegError(
+                f"hydra/launcher=slurm asks once for the whole multirun, from the overrides its jobs share "
+                f"({shape_text(shape)}), but the job {' '.join(overrides)} needs {shape_text(theirs)}; give "
+                "the trainer (and data.num_workers) outside the sweep, e.g. trainer=cpu"
+            )
+    check_submission(base, jobs=len(jobs))
+
+
+__all__ = [
+    "SLURM_LAUNCHER",
+    "check_slurm_multirun",
+    "check_submission",
+    "job_resources",
+    "launcher_overrides",
+    "shape_text",
+    "slurm_resource",
+    "submission_script",
+]
