@@ -2,7 +2,7 @@
 
 :func:`start_cluster` writes its own ``slurm.conf`` (the machine's CPUs and memory as ``slurmd -C``
 reports them, ``proctrack/linuxproc``, ``task/none``, ``select/cons_tres``, no accounting, free ports,
-state, spool and logs under one temporary folder), starts its own ``munged`` (own key and socket),
+state, spool, logs and the job completion log under one temporary folder), starts its own ``munged`` (own key and socket),
 ``slurmctld -D`` and ``slurmd -D`` as child processes, and waits until ``sinfo`` shows the node idle.
 :meth:`SlurmCluster.stop` cancels what is left and ends the three daemons by their pids. Every client
 command (``sbatch``, ``scontrol``, submitit's calls) finds the cluster through ``SLURM_CONF`` in
@@ -68,6 +68,18 @@ class SlurmCluster:
         done = self.run("scontrol", "-o", "show", "job", job, check=False)
         match = re.search(rf"\b{name}=(\S*)", done.stdout)
         return match.group(1) if done.returncode == 0 and match else None
+
+    def ran(self) -> str:
+        """What ran, from the job completion log (a line per attempt: a requeued attempt ends PENDING)."""
+        path = self.root / "jobcomp.txt"
+        lines = path.read_text().splitlines() if path.exists() else []
+        states = [m.group(1) for line in lines if (m := re.search(r"\bJobState=(\S+)", line))]
+        jobs = {m.group(1) for line in lines if (m := re.search(r"\bJobId=(\d+)", line))}
+        requeued = sum(state in ("PENDING", "REQUEUED") for state in states)
+        ended = ", ".join(
+            f"{states.count(s)} {s}" for s in sorted(set(states)) if s not in ("PENDING", "REQUEUED")
+        )
+        return f"{len(jobs)} jobs, {len(states)} attempts, {requeued} requeued; ended: {ended or 'none'}"
 
     def log(self, name: str) -> str:
         path = self.root / "log" / f"{name}.log"
@@ -135,7 +147,8 @@ def write_config(root: Path, node: str, env: dict[str, str]) -> tuple[Path, int]
                 f"DefMemPerCPU={max(1, memory // cpus)}",
                 "JobAcctGatherType=jobacct_gather/none",
                 "AccountingStorageType=accounting_storage/none",
-                "JobCompType=jobcomp/none",
+                "JobCompType=jobcomp/filetxt",  # a line per attempt: what the tests ran (no accounting)
+                f"JobCompLoc={root / 'jobcomp.txt'}",
                 "MpiDefault=none",
                 "ReturnToService=2",
                 "MinJobAge=10",

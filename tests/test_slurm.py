@@ -55,15 +55,23 @@ WAIT_S = 420  # the longest any fixture waits for its jobs
 
 
 @pytest.fixture(scope="module")
-def cluster() -> SlurmCluster:
+def cluster(request) -> SlurmCluster:
+    """The cluster for this module; what it ran is printed, so a CI log shows the real cluster was used."""
     reason = unavailable()
     if reason:
         if os.environ.get(REQUIRED_ENV) == "required":
             pytest.fail(f"SLURM tests required ({REQUIRED_ENV}=required) but {reason}")
         pytest.skip(f"no SLURM test cluster: {reason}")
+    report = request.config.pluginmanager.get_plugin("terminalreporter")
     started = start_cluster()
+    version = started.run("sinfo", "--version").stdout.strip()
+    if report:
+        report.write_line(f"\nSLURM test cluster up: {version}, node {started.node} ({started.cpus} CPUs)")
     yield started
+    ran = started.ran()
     started.stop()
+    if report:
+        report.write_line(f"\nSLURM test cluster stopped: {ran}")
 
 
 @pytest.fixture(scope="module")
