@@ -28,7 +28,7 @@ import orthoreg_pl.cli.help  # noqa: F401  (registers ${script_groups:}, which -
 from orthoreg_pl.config.groups import CONFIG_DIR, check_experiment_kind
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.evaluation.validation import validate_merge
-from orthoreg_pl.runs.slurm import check_slurm_multirun
+from orthoreg_pl.runs.slurm import check_slurm_multirun, uses_slurm
 from orthoreg_pl.training.validation import validate_train
 
 USAGE = {
@@ -136,7 +136,7 @@ def precheck(kind: str, argv: list[str] | None = None) -> None:
                 if len(jobs) > 1:
                     raise OrthoRegError(f"{err} (in the job {' '.join(overrides)})") from None
                 raise
-        if jobs and any(a in MULTIRUN_FLAGS for a in argv):
+        if checked and any(a in MULTIRUN_FLAGS for a in argv) and uses_slurm(checked[0][1]):
             check_slurm_multirun(compose_job(kind, sweep_base(argv)), checked)
     except BAD_INPUT as err:
         fail(kind, str(err))
