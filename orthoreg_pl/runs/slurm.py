@@ -41,6 +41,7 @@ OPTION_SOURCES = {
 }
 # Options a refusal is never blamed on: how submitit names, logs and signals the job.
 NOT_RESOURCES = ("job-name", "output", "error", "open-mode", "signal", "wckey", "array", "requeue")
+SBATCH_TIMEOUT_S = 60
 
 
 def _device_count(accelerator: str, devices: Any) -> int:
@@ -129,9 +130,19 @@ def _sbatch_test(script: str, env: Mapping[str, str] | None) -> tuple[bool, str]
     with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="orthoreg-sbatch-check-") as f:
         f.write(script)
         f.flush()
-        done = subprocess.run(
-            ["sbatch", "--test-only", f.name], capture_output=True, text=True, env=env, timeout=60
-        )
+        try:
+            done = subprocess.run(
+                ["sbatch", "--test-only", f.name],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=SBATCH_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            raise OrthoRegError(
+                f"sbatch --test-only gave no answer in {SBATCH_TIMEOUT_S} s; is the SLURM controller up "
+                "(scontrol ping)?"
+            ) from None
     lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower() or "failure" in line.lower()]
     return done.returncode == 0, "; ".join(dict.fromkeys(_strip_prefix(line) for line in errors or lines))
@@ -148,13 +159,15 @@ def _option(line: str) -> str:
     return line.removeprefix("#SBATCH --").split("=", 1)[0]
 
 
+def _is_resource(line: str) -> bool:
+    return line.startswith("#SBATCH --") and _option(line) not in NOT_RESOURCES
+
+
 def _rejected_option(script: str, env: Mapping[str, str] | None) -> str | None:
     """The ``#SBATCH`` line whose removal alone makes sbatch accept the script (None: no single one)."""
     lines = script.splitlines()
     for i, line in enumerate(lines):
-        if not line.startswith("#SBATCH --") or _option(line) in NOT_RESOURCES:
-            continue
-        if _sbatch_test("\n".join(lines[:i] + lines[i + 1 :]), env)[0]:
+        if _is_resource(line) and _sbatch_test("\n".join(lines[:i] + lines[i + 1 :]), env)[0]:
             return line.removeprefix("#SBATCH ")
     return None
 
@@ -178,19 +191,19 @@ def check_submission(cfg: DictConfig, jobs: int = 1, env: Mapping[str, str] | No
             "hydra/launcher=slurm submits with sbatch, which is not on PATH; run on a SLURM login node, "
             "or choose another launcher (basic, joblib)"
         )
-    root = cfg.get("trainer"), cfg.get("data")
-    job_resources(*root)  # a device count it cannot ask for: named here, not inside the resolver
+    if any(OmegaConf.is_interpolation(cfg.hydra.launcher, key) for key in RESOURCES):
+        job_resources(cfg.get("trainer"), cfg.get("data"))  # what it cannot ask for: named here, in one line
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     script = submission_script(params, jobs)
     accepted, message = _sbatch_test(script, env)
     if accepted:
         return
+    if not _sbatch_test("\n".join(line for line in script.splitlines() if not _is_resource(line)), env)[0]:
+        raise OrthoRegError(
+            f"sbatch refuses any job here ({message}); is the SLURM cluster reachable (scontrol ping)?"
+        )
     flag = _rejected_option(script, env)
-    asked = ", ".join(
-        line.removeprefix("#SBATCH ")
-        for line in script.splitlines()
-        if line.startswith("#SBATCH --") and _option(line) not in NOT_RESOURCES
-    )
+    asked = ", ".join(line.removeprefix("#SBATCH ") for line in script.splitlines() if _is_resource(line))
     what = f"the option it rejected: {_describe(flag)}" if flag else f"the job asked for {asked}"
     raise OrthoRegError(f"sbatch refuses the SLURM launcher's job ({message}); {what}")
 
