@@ -230,6 +230,30 @@ def test_a_refused_slurm_job_names_the_option_and_submits_nothing(tmp_path, cpu_
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_cluster_that_refuses_every_job_is_named_as_such(tmp_path, monkeypatch):
+    """No controller answers: sbatch refuses a job that asks for nothing too; one line, no option blamed."""
+    from orthoreg_pl.runs.slurm import check_submission
+
+    calls = tmp_path / "calls"
+    (tmp_path / "sbatch").write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\n'
+        'echo "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)" >&2\n'
+        "exit 1\n"
+    )
+    (tmp_path / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for tool in ("sbatch", "srun"):
+        (tmp_path / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    cfg = compose_config(["experiment=quickstart", "hydra/launcher=slurm"], keep_hydra=True)
+    with pytest.raises(OrthoRegError) as refused:
+        check_submission(cfg)
+    assert str(refused.value) == (
+        "sbatch refuses any job here (Batch job submission failed: Unable to contact slurm controller (connect "
+        "failure)); is the SLURM cluster reachable (scontrol ping)?"
+    )
+    assert len(calls.read_text().splitlines()) == 2  # the job, then one asking for nothing
+
+
 def test_without_sbatch_the_slurm_launcher_is_refused_in_one_line(tmp_path, monkeypatch):
     from orthoreg_pl.runs.slurm import check_submission
 
