@@ -21,8 +21,7 @@ import torch
 from modes import saved_for_backward_bytes  # benchmarks/modes.py
 
 from orthoreg_pl.models import create_clip
-from orthoreg_pl.penalties.ortho import ortho_penalty_of, ortho_penalty_per_matrix
-from orthoreg_pl.penalties.ortho import uses_row_gram
+from orthoreg_pl.penalties.ortho import ortho_penalty_of, ortho_penalty_per_matrix, uses_row_gram
 
 
 def vit_weights(

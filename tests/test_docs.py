@@ -4,6 +4,7 @@ docstring of the code or in a config's comments. A user who clones the repositor
 
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,66 @@ def test_the_docs_pages_exist_and_the_readme_is_short():
     assert {"training.md", "merging.md", "analysis.md", "campaigns.md", "data.md", "import.md", "runs.md",
             "method.md", "development.md"} <= pages  # fmt: skip
     assert len((ROOT / "README.md").read_text()) <= 10_000
+
+
+# ---- every shell line runs as written -------------------------------------------------------------
+
+BASH_BLOCK = re.compile(r"^( *)```bash\n(.*?)^\1```", re.S | re.M)
+SCRIPTS = {"train.py": "train", "merge.py": "merge", "orthoreg_pl.campaign": "campaign",
+           "sweeps/slurm_train.sbatch": "train"}  # fmt: skip
+
+
+def shell_blocks(page: Path) -> list[str]:
+    import textwrap
+
+    return [textwrap.dedent(m.group(2)) for m in BASH_BLOCK.finditer(page.read_text())]
+
+
+def commands(block: str) -> list[list[str]]:
+    """Each command line of a block as bash splits it (quotes removed), continuation lines joined."""
+    import shlex
+
+    return [
+        shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines() if line.strip()
+    ]
+
+
+PAGES = [p for p in MARKDOWN if p.exists() and shell_blocks(p)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shell_block_is_valid_bash(page):
+    for block in shell_blocks(page):
+        done = subprocess.run(["bash", "-n"], input=block, capture_output=True, text=True)
+        assert done.returncode == 0, f"{page.relative_to(ROOT)}: bash -n refuses:\n{block}\n{done.stderr}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_documented_command_line_parses_and_composes(page):
+    """What bash hands train.py, merge.py, the campaign and the sbatch template (after removing quotes)
+    parses as Hydra overrides and composes: an unquoted list (``overrides.all=["a=b"]``) fails here."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from orthoreg_pl.cli.precheck import job_overrides
+
+    checked = 0
+    for block in shell_blocks(page):
+        for words in commands(block):
+            at = next((i for i, w in enumerate(words) if w in SCRIPTS), None)
+            if at is None:
+                continue
+            kind, args = SCRIPTS[words[at]], words[at + 1 :]
+            where = f"{page.relative_to(ROOT)}: {' '.join(words)}"
+            for arg in (a for a in args if a not in ("-m", "--multirun")):
+                try:
+                    OverridesParser.create().parse_override(arg)
+                except Exception as err:  # noqa: BLE001 - named in the failure
+                    pytest.fail(f"{where}: bash passes {arg!r}, which Hydra cannot parse ({err})")
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+                compose(config_name=kind, overrides=job_overrides(args)[0])
+            GlobalHydra.instance().clear()
+            checked += 1
+    assert checked or page.name not in ("campaigns.md", "training.md", "merging.md")

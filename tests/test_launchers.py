@@ -22,8 +22,9 @@ import lightning as L
 import pytest
 import torch
 from conftest import CONFIG_DIR, PROJECT_ROOT, compose_config, cpu_trainer
+from omegaconf import OmegaConf
 
-from orthoreg_pl.errors import RunInterrupted
+from orthoreg_pl.errors import OrthoRegError, RunInterrupted
 from orthoreg_pl.runs.lifecycle import RunLifecycle, RunRequeued
 
 submitit = pytest.importorskip("submitit")
@@ -97,21 +98,251 @@ def test_ray_launcher_config_matches_the_plugins_schema():
         assert set(cfg.hydra.launcher) == set(RayLauncherConf.__dataclass_fields__)
 
 
-def test_slurm_launcher_settings_resolve():
+def test_slurm_launcher_asks_for_what_the_trainer_uses():
+    """GPUs and tasks per node follow the trainer, nodes trainer.num_nodes, CPUs the loader's workers + 1."""
     cfg = compose_config(
-        ["dataset=mnist", "trainer=ddp", "trainer.num_nodes=2", "hydra/launcher=slurm", "paths.runs_dir=/r"],
+        ["dataset=mnist", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "hydra/launcher=slurm",
+         "paths.runs_dir=/r"],
         keep_hydra=True,
-    )
+    )  # fmt: skip
     launcher = cfg.hydra.launcher
-    assert launcher.nodes == 2  # follows trainer.num_nodes
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
+    assert launcher.cpus_per_task == cfg.data.num_workers + 1 == 5
     assert launcher.submitit_folder == "/r/.submitit/%j"
-    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.cpus_per_task) == (1, 1, 8)
-    assert (launcher.mem_gb, launcher.timeout_min, launcher.array_parallelism) == (64, 240, 32)
+    assert (launcher.mem_gb, launcher.timeout_min, launcher.array_parallelism) == (None, 240, 32)
+    assert (launcher.partition, launcher.account, launcher.qos, launcher.constraint) == (None,) * 4
     assert (launcher.signal_delay_s, launcher.max_num_timeout) == (180, 20)
     assert launcher.additional_parameters == {"requeue": True}
     assert launcher.setup[0] == "export PYTHONUNBUFFERED=1"
+    assert "restart $((SLURM_RESTART_COUNT + 0))" in launcher.setup[1]  # 0 before the first requeue
     cfg = compose_config(["experiment=quickstart", "hydra/launcher=slurm"], keep_hydra=True)
-    assert cfg.hydra.launcher.nodes == 1  # no trainer.num_nodes: one node
+    launcher = cfg.hydra.launcher  # trainer=cpu, no loader workers: one task, one CPU, no GPU
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node, launcher.cpus_per_task) == (
+        1,
+        None,
+        1,
+        1,
+    )
+    cfg = compose_config(
+        ["experiment=finetune_vitb32", "dataset=mnist", "hydra/launcher=slurm"], keep_hydra=True
+    )
+    assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.tasks_per_node) == (1, 1)  # trainer=gpu
+
+
+def test_slurm_profile_comes_from_the_environment(monkeypatch):
+    profile = {"PARTITION": "cpu", "ACCOUNT": "lab", "QOS": "short", "CONSTRAINT": "avx2", "TIME_MIN": "30",
+               "MEM_GB": "16"}  # fmt: skip
+    for key, value in profile.items():
+        monkeypatch.setenv(f"ORTHOREG_SLURM_{key}", value)
+    launcher = compose_config(
+        ["experiment=quickstart", "hydra/launcher=slurm"], keep_hydra=True
+    ).hydra.launcher
+    assert (launcher.partition, launcher.account, launcher.qos, launcher.constraint) == (
+        "cpu",
+        "lab",
+        "short",
+        "avx2",
+    )
+    assert (launcher.timeout_min, launcher.mem_gb) == (30, 16)
+    launcher = compose_config(
+        ["experiment=quickstart", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"], keep_hydra=True
+    ).hydra.launcher
+    assert launcher.partition == "gpu"  # the command line wins
+
+
+@pytest.mark.parametrize(
+    "trainer, data, expected",
+    [
+        ({"accelerator": "cpu", "devices": 1}, {"num_workers": 0}, (1, 1, None, 1)),
+        ({"accelerator": "cpu", "devices": "auto"}, {}, (1, 1, None, 1)),
+        ({"accelerator": "cpu", "devices": 2, "num_nodes": 1}, {"num_workers": 2}, (1, 2, None, 3)),
+        ({"accelerator": "gpu", "devices": 4, "num_nodes": 2}, {"num_workers": 4}, (2, 4, 4, 5)),
+        ({"accelerator": "auto", "devices": 1}, {"num_workers": 4}, (1, 1, 1, 5)),
+        ({"accelerator": "gpu", "devices": [0, 1]}, {"num_workers": 0}, (1, 2, 2, 1)),
+        ({"accelerator": "cuda", "devices": "0,1,2"}, {"num_workers": 0}, (1, 3, 3, 1)),
+    ],
+)
+def test_job_resources_follow_the_trainer(trainer, data, expected):
+    from orthoreg_pl.runs.slurm import job_resources
+
+    got = job_resources(trainer, data)
+    assert (got["nodes"], got["tasks_per_node"], got["gpus_per_node"], got["cpus_per_task"]) == expected
+
+
+@pytest.mark.parametrize(
+    "trainer, data, message",
+    [
+        (
+            {"accelerator": "gpu", "devices": "auto"},
+            {},
+            r"trainer.devices='auto' with trainer.accelerator=gpu",
+        ),
+        ({"accelerator": "gpu", "devices": -1}, {}, r"trainer.devices=-1 .*e.g. trainer.devices=4"),
+        ({"accelerator": "cpu", "devices": 1, "num_nodes": 0}, {}, r"trainer.num_nodes=0; expected"),
+        ({"accelerator": "cpu", "devices": 1}, {"num_workers": -1}, r"data.num_workers=-1; expected"),
+    ],
+)
+def test_job_resources_refuse_what_cannot_be_asked_for(trainer, data, message):
+    from orthoreg_pl.runs.slurm import job_resources
+
+    with pytest.raises(OrthoRegError, match=message):
+        job_resources(trainer, data)
+
+
+# A CPU-only cluster's sbatch: refuses any script that asks for a GPU, records every call.
+CPU_ONLY_SBATCH = """#!/bin/sh
+echo "$@" >> {calls}
+for last; do :; done
+if grep -q -- "--gpus-per-node" "$last"; then
+  echo "sbatch: error: Invalid generic resource (gres) specification" >&2; exit 1
+fi
+echo "sbatch: Job 7 to start at 2026-01-01T00:00:00 using 1 processors on nodes n1 in partition cpu" >&2
+"""
+
+
+@pytest.fixture
+def cpu_only_sbatch(tmp_path, monkeypatch) -> Path:
+    """``sbatch`` (and ``srun``, which submitit looks for) of a cluster without GPUs; returns the call log."""
+    calls, bin_dir = tmp_path / "sbatch_calls", tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sbatch").write_text(CPU_ONLY_SBATCH.format(calls=calls))
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return calls
+
+
+def test_a_refused_slurm_job_names_the_option_and_submits_nothing(tmp_path, cpu_only_sbatch):
+    from orthoreg_pl.runs.slurm import check_submission
+
+    base = ["experiment=quickstart", "hydra/launcher=slurm", f"paths.runs_dir={tmp_path / 'runs'}"]
+    check_submission(compose_config(base, keep_hydra=True), jobs=2)  # trainer=cpu: accepted
+    with pytest.raises(OrthoRegError) as refused:
+        check_submission(compose_config([*base, "trainer=gpu"], keep_hydra=True), jobs=2)
+    assert str(refused.value) == (
+        "sbatch refuses the SLURM launcher's job (Invalid generic resource (gres) specification); the option it "
+        "rejected: --gpus-per-node=1 (hydra.launcher.gpus_per_node, set from trainer.accelerator and "
+        "trainer.devices)"
+    )
+    calls = cpu_only_sbatch.read_text().splitlines()
+    assert len(calls) >= 3 and all(c.startswith("--test-only ") for c in calls)  # nothing submitted
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_cluster_that_refuses_every_job_is_named_as_such(tmp_path, monkeypatch):
+    """No controller answers: sbatch refuses a job that asks for nothing too; one line, no option blamed."""
+    from orthoreg_pl.runs.slurm import check_submission
+
+    calls = tmp_path / "calls"
+    (tmp_path / "sbatch").write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\n'
+        'echo "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)" >&2\n'
+        "exit 1\n"
+    )
+    (tmp_path / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for tool in ("sbatch", "srun"):
+        (tmp_path / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    cfg = compose_config(["experiment=quickstart", "hydra/launcher=slurm"], keep_hydra=True)
+    with pytest.raises(OrthoRegError) as refused:
+        check_submission(cfg)
+    assert str(refused.value) == (
+        "sbatch refuses any job here (Batch job submission failed: Unable to contact slurm controller (connect "
+        "failure)); is the SLURM cluster reachable (scontrol ping)?"
+    )
+    assert len(calls.read_text().splitlines()) == 2  # the job, then one asking for nothing
+
+
+def test_without_sbatch_the_slurm_launcher_is_refused_in_one_line(tmp_path, monkeypatch):
+    from orthoreg_pl.runs.slurm import check_submission
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    cfg = compose_config(["experiment=quickstart", "hydra/launcher=slurm"], keep_hydra=True)
+    with pytest.raises(
+        OrthoRegError, match=r"^hydra/launcher=slurm submits with sbatch, which is not on PATH"
+    ):
+        check_submission(cfg)
+    check_submission(compose_config(["experiment=quickstart", "hydra/launcher=joblib"], keep_hydra=True))
+
+
+def test_train_multirun_refused_by_sbatch_writes_nothing(tmp_path, cache_dir, cpu_only_sbatch):
+    """``train.py -m hydra/launcher=slurm trainer=gpu`` on a CPU-only cluster: one error line and the usage,
+    exit 2, before Hydra writes multirun.yaml or the outcome log."""
+    runs = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "train.py", "-m", "hydra/launcher=slurm", *TINY, "trainer=gpu", "ortho.lam=0,1",
+         f"paths.runs_dir={runs}"],
+        cwd=PROJECT_ROOT, env=subprocess_env(tmp_path, cache_dir), capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("usage: python train.py"), done.stderr
+    assert lines[0].startswith("error: sbatch refuses the SLURM launcher's job (Invalid generic resource")
+    assert "--gpus-per-node=1 (hydra.launcher.gpus_per_node" in lines[0]
+    assert not runs.exists()
+
+
+def test_campaign_plan_refuses_a_slurm_job_sbatch_would_not_take(tmp_path, cpu_only_sbatch):
+    from test_campaign import plan_of
+
+    base = ["experiment=campaign_quickstart", "launcher=slurm", f"paths.root_dir={tmp_path}"]
+    assert plan_of(*base).train  # CPU jobs: accepted
+    with pytest.raises(OrthoRegError, match=r"rejected: --gpus-per-node=1 \(hydra.launcher.gpus_per_node"):
+        plan_of(*base, 'overrides.all=["trainer=gpu"]')
+    assert all(c.startswith("--test-only ") for c in cpu_only_sbatch.read_text().splitlines())
+
+
+def test_a_sweep_whose_jobs_need_another_shape_than_the_launcher_is_refused(cpu_only_sbatch, capsys):
+    """Hydra composes the launcher from the overrides the jobs share: sweeping the merge experiments leaves
+    the launcher with merge.yaml's own trainer (accelerator auto: a GPU) while the quickstart jobs run on
+    the CPU. One line says so; the trainer named outside the sweep fits them all."""
+    from orthoreg_pl.cli.precheck import precheck
+
+    argv = [
+        "-m",
+        "experiment=quickstart_addition,quickstart_negation",
+        "hydra/launcher=slurm",
+        "mode=standard_ortho",
+    ]
+    with pytest.raises(SystemExit) as done:
+        precheck("merge", argv)
+    (line, usage) = capsys.readouterr().err.splitlines()
+    assert done.value.code == 2 and usage.startswith("usage: python merge.py")
+    assert line == (
+        "error: hydra/launcher=slurm asks once for the whole multirun, from the overrides its jobs share "
+        "(nodes=1, tasks_per_node=1, gpus_per_node=1, cpus_per_task=5), but the job "
+        "experiment=quickstart_addition hydra/launcher=slurm mode=standard_ortho needs nodes=1, tasks_per_node=1, "
+        "gpus_per_node=None, cpus_per_task=1; give the trainer (and data.num_workers) outside the sweep, e.g. "
+        "trainer=cpu"
+    )
+    assert not cpu_only_sbatch.exists()  # refused before sbatch was asked
+    precheck("merge", [*argv, "trainer=cpu", "data.num_workers=0"])  # accepted
+    assert all(c.startswith("--test-only ") for c in cpu_only_sbatch.read_text().splitlines())
+
+
+def test_the_campaigns_merge_multirun_asks_for_what_its_experiments_need(tmp_path, cpu_only_sbatch):
+    """The campaign sweeps addition and negation in one merge multirun; under SLURM it names the shape
+    their jobs need as hydra.launcher overrides (here: the CPU, one CPU per task), and the merge
+    multirun's own check (the overrides its jobs share) accepts it."""
+    from test_campaign import plan_of
+
+    from orthoreg_pl.cli.precheck import precheck
+
+    plan = plan_of("experiment=campaign_quickstart", "launcher=slurm", f"paths.root_dir={tmp_path}")
+    merge = list(plan.merge[0].overrides)
+    assert "experiment=quickstart_addition,quickstart_negation" in merge
+    shape = [o for o in merge if o.startswith("hydra.launcher.")]
+    assert shape == [
+        "hydra.launcher.nodes=1",
+        "hydra.launcher.tasks_per_node=1",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.cpus_per_task=1",
+    ]
+    precheck("merge", ["-m", *merge])  # exits 2 if refused (a GPU asked for on this CPU-only cluster)
+    assert cpu_only_sbatch.read_text().count("--test-only") >= 2  # the plan's check, then the multirun's
+    plain = plan_of("experiment=campaign_quickstart", "launcher=joblib", f"paths.root_dir={tmp_path}")
+    assert not [o for o in plain.merge[0].overrides if o.startswith("hydra.launcher.")]
 
 
 def _task(cfg):  # the task function handed to the launcher (pickled into the submission, never run)
@@ -177,7 +408,7 @@ def test_slurm_launcher_submits_a_job_array_with_requeue_and_the_preemption_sign
         "#SBATCH --nodes=1",
         "#SBATCH --gpus-per-node=2",
         "#SBATCH --ntasks-per-node=2",
-        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --cpus-per-task=1",  # experiment=quickstart: no loader workers
         "#SBATCH --mem=32GB",
         "#SBATCH --time=90",
         "#SBATCH --array=0-1%1",
@@ -190,6 +421,11 @@ def test_slurm_launcher_submits_a_job_array_with_requeue_and_the_preemption_sign
         assert line in text, f"{line!r} not in the sbatch script:\n{text}"
     assert f"{tmp_path / 'runs'}/.submitit/" in text
     assert text.index("module load cuda") < text.index("srun")
+    # what the pre-launch check shows `sbatch --test-only` is this very script
+    from orthoreg_pl.runs.slurm import submission_script
+
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert submission_script(params, jobs=2) == text
 
 
 # ---- pre-emption under submitit ---------------------------------------------------------------------

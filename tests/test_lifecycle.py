@@ -298,3 +298,28 @@ def test_sigusr1_requeues_the_slurm_job(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
     requeue_slurm_job()
     assert (tmp_path / "calls").read_text().splitlines() == ["requeue 123", "requeue 77_4"]
+
+
+def test_a_requeued_job_counts_once_as_what_it_ended_as(tmp_path):
+    """The outcome log keeps every attempt's line (a SLURM requeue: interrupted, then finished); the
+    summary counts each job (its number and overrides) once, by its last line."""
+    from orthoreg_pl.runs.outcomes import read_outcomes, summary_lines
+
+    log = tmp_path / "outcomes.jsonl"
+    lines = [
+        {"job": 0, "overrides": ["ortho.lam=1"], "outcome": "interrupted", "message": "stopped by SIGTERM"},
+        {"job": 1, "overrides": ["ortho.lam=10"], "outcome": "finished", "message": ""},
+        {"job": 0, "overrides": ["ortho.lam=1"], "outcome": "finished", "message": ""},
+        {"overrides": ["ortho.lam=100"], "outcome": "failed", "message": "diverged"},  # an older line
+        {"overrides": ["ortho.lam=100"], "outcome": "failed", "message": "diverged"},
+    ]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    outcomes = read_outcomes(log)
+    assert [(o.get("job"), o["outcome"]) for o in outcomes] == [
+        (0, "finished"),
+        (1, "finished"),
+        (None, "failed"),
+        (None, "failed"),
+    ]
+    assert summary_lines(outcomes)[0] == "multirun: 4 jobs: 2 finished, 0 skipped, 2 failed"
+    assert not any("interrupted" in line for line in summary_lines(outcomes))

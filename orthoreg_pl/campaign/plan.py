@@ -4,7 +4,8 @@ A campaign is a grid of modes × λ × seeds on one backbone and a set of tasks.
 (``*_ortho``) are trained at every λ; the other modes once (they are the λ = 0 reference), so the grid
 becomes at most two training multiruns and two merge multiruns (addition and negation swept together
 through their experiments). Every mode, task and experiment is composed here, with Hydra's compose
-API, before anything is launched: a typo stops the campaign at once with what is accepted.
+API, before anything is launched: a typo stops the campaign at once with what is accepted, and a
+SLURM job the cluster would refuse (``sbatch --test-only``, runs/slurm.py) too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from orthoreg_pl.data.layouts import LAYOUTS
 from orthoreg_pl.data.registry import get_task
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.runs.identity import campaign_settings, identity_hash
+from orthoreg_pl.runs.slurm import check_submission, job_resources, launcher_overrides, shape_text, uses_slurm
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,26 @@ def _protocols(experiments: DictConfig, merge_base: list[str], arch: str) -> tup
     return running, skipped
 
 
+def _merge_launcher_shape(running: dict[str, str], merge_base: list[str]) -> list[str]:
+    """Under the SLURM launcher, the job shape the merge experiments need, as ``hydra.launcher`` overrides:
+    the merge multirun sweeps its experiments, and Hydra composes the launcher without swept values (it
+    would ask for merge.yaml's own trainer). The jobs' configs are unchanged; their shapes must agree."""
+    configs = {
+        e: compose("merge", [f"experiment={e}", *merge_base], return_hydra_config=True)
+        for e in running.values()
+    }
+    if not any(uses_slurm(c) for c in configs.values()):
+        return []
+    shapes = {e: job_resources(c.get("trainer"), c.get("data")) for e, c in configs.items()}
+    if len({tuple(shape.items()) for shape in shapes.values()}) > 1:
+        need = "; ".join(f"{e}: {shape_text(shape)}" for e, shape in shapes.items())
+        raise OrthoRegError(
+            f"the merge experiments need different SLURM jobs ({need}), but their multirun asks once; give "
+            "them the same trainer and data.num_workers (overrides.merge)"
+        )
+    return launcher_overrides(next(iter(shapes.values())))
+
+
 def make_plan(cfg: DictConfig) -> CampaignPlan:
     """Check the campaign's grid and turn it into multiruns (see the module docstring)."""
     experiments = cfg.experiments
@@ -192,6 +214,14 @@ def make_plan(cfg: DictConfig) -> CampaignPlan:
         *[str(o) for o in cfg.overrides.merge],
     ]
     running, skipped = _protocols(experiments, merge_base, arch)
+    merge_base = [*merge_base, *_merge_launcher_shape(running, merge_base)]
+
+    # The larger multirun of each stage, shown to sbatch when the launcher is SLURM's, with the overrides
+    # its jobs share (what Hydra composes the launcher's resources from).
+    points = max(len(penalized) * len(lambdas), len(plain)) * len(seeds)
+    check_submission(compose("train", train_base, return_hydra_config=True), jobs=len(datasets) * points)
+    if running:
+        check_submission(compose("merge", merge_base, return_hydra_config=True), jobs=len(running) * points)
 
     seed_list = ",".join(str(s) for s in seeds)
     lam_list = ",".join(repr(lam) for lam in lambdas)  # exact: a searched λ trains as proposed

@@ -5,7 +5,10 @@ a usage error or ``--help`` costs well under a second and a half of CPU (benchma
 
 Hydra's own composition errors (an unknown group option, a malformed override) keep their message,
 on one line, and the script's usage line follows. A multirun is checked job by job (the basic
-sweeper's grid); values a sweeper proposes later are checked by each job itself.
+sweeper's grid); values a sweeper proposes later are checked by each job itself. A multirun through
+the SLURM launcher is also shown to ``sbatch --test-only`` (runs/slurm.py), with the resources Hydra's
+launcher will ask for (composed from the overrides the jobs share): a job the cluster would refuse
+stops here, before Hydra writes ``multirun.yaml``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import orthoreg_pl.cli.help  # noqa: F401  (registers ${script_groups:}, which -
 from orthoreg_pl.config.groups import CONFIG_DIR, check_experiment_kind
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.evaluation.validation import validate_merge
+from orthoreg_pl.runs.slurm import check_slurm_multirun, uses_slurm
 from orthoreg_pl.training.validation import validate_train
 
 USAGE = {
@@ -100,6 +104,14 @@ def job_overrides(argv: list[str]) -> list[list[str]] | None:
     return jobs[:MAX_CHECKED_JOBS]
 
 
+def sweep_base(argv: list[str]) -> list[str]:
+    """The overrides every job of a multirun shares: Hydra composes the launcher's config (its SLURM
+    resources included) from these alone, without the swept values (``experiment=a,b`` is not in it)."""
+    overrides = [a for a in argv if a not in MULTIRUN_FLAGS]
+    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
 def compose_job(kind: str, overrides: list[str]) -> DictConfig:
     """The config one job will get (with the ``hydra`` node, so its run folder can be resolved)."""
     GlobalHydra.instance().clear()
@@ -128,8 +140,8 @@ def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
             )
 
 
-def check_job(kind: str, overrides: list[str]) -> None:
-    """Compose and validate one job; OrthoRegError (or Hydra's error) when it would not run."""
+def check_job(kind: str, overrides: list[str]) -> DictConfig:
+    """Compose and validate one job (its config back); OrthoRegError (or Hydra's error) when it would not run."""
     cfg = compose_job(kind, overrides)
     VALIDATORS[kind](cfg)  # first: a rule names what a known key accepts
     check_added_keys(cfg, overrides)
@@ -138,6 +150,7 @@ def check_job(kind: str, overrides: list[str]) -> None:
         OmegaConf.select(cfg, "hydra.run.dir", throw_on_missing=True)  # the run folder's name resolves
     finally:
         HydraConfig.instance().cfg = None
+    return cfg
 
 
 def help_text(kind: str, overrides: list[str]) -> str:
@@ -173,13 +186,16 @@ def precheck(kind: str, argv: list[str] | None = None) -> None:
         sys.exit(0)
     try:
         jobs = job_overrides(argv)
+        checked = []
         for overrides in jobs or []:
             try:
-                check_job(kind, overrides)
+                checked.append((overrides, check_job(kind, overrides)))
             except OrthoRegError as err:
                 if len(jobs) > 1:
                     raise OrthoRegError(f"{err} (in the job {' '.join(overrides)})") from None
                 raise
+        if checked and any(a in MULTIRUN_FLAGS for a in argv) and uses_slurm(checked[0][1]):
+            check_slurm_multirun(compose_job(kind, sweep_base(argv)), checked)
     except BAD_INPUT as err:
         fail(kind, str(err))
     finally:

@@ -1,7 +1,7 @@
 """The OmegaConf resolvers the configs use.
 
 The ones the configs of jobs need (``lam``, ``resource``, ``run_hash``, ``report_hash``,
-``campaign_hash``) are registered when ``orthoreg_pl`` is imported; ``script_groups``, which only
+``campaign_hash``, and ``slurm``, the SLURM launcher's job shape) are registered when ``orthoreg_pl`` is imported; ``script_groups``, which only
 ``--help`` resolves, is registered by the command line (cli/help.py) through :func:`register`.
 """
 
@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from orthoreg_pl.config.lam import format_lambda
 from orthoreg_pl.runs.identity import campaign_settings, identity_hash, identity_settings, report_settings
+from orthoreg_pl.runs.slurm import slurm_resource
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 
@@ -60,5 +61,6 @@ def register_resolvers() -> None:
         ("report_hash", report_hash),
         ("campaign_hash", campaign_hash),
         ("resource", resource),
+        ("slurm", slurm_resource),
     ):
         register(name, resolver)

@@ -118,10 +118,12 @@ def run_or_exit(job: Callable[[DictConfig], T], cfg: DictConfig, root: str | Pat
         message = str(err) or "stopped by SIGINT (Ctrl-C)"
         record_outcome("interrupted", message, time.perf_counter() - started)
         print(f"interrupted: {message}", file=sys.stderr)
-        if multirun:  # the sweep starts no further job, then ends with 128 + the signal
-            request_stop(signum)
+        if multirun and not os.environ.get("SUBMITIT_EXECUTOR"):
+            request_stop(signum)  # a local sweep stops: no further job starts, it ends with 128 + signal
             return None
-        sys.exit(128 + signum)
+        sys.exit(
+            128 + signum
+        )  # a single run, or a SLURM job (its signal is its own: a requeue, a pre-emption)
     except (OrthoRegError, RunFailed) as err:
         code = 2 if isinstance(err, OrthoRegError) else 1
         message = str(err)

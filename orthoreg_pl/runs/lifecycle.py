@@ -13,6 +13,9 @@ lifecycle hands the signal to submitit's own handler, which our handler replaced
 checkpoints the submitted callable (Hydra's launcher resubmits the same job), requeues the job and exits
 without a result, so the launcher keeps waiting and the requeued job resumes from ``last.ckpt``; the
 run stops with :class:`RunRequeued`, a ``SystemExit`` carrying submitit's exit status.
+
+Lightning's own SLURM handler is switched off (training/trainer.py: its SLURM environment with
+``auto_requeue=False``), so one handler acts on a signal, and a SLURM job logs one line saying which.
 """
 
 from __future__ import annotations
@@ -88,11 +91,16 @@ class RunRequeued(SystemExit):
         return self.message
 
 
+def slurm_job_id() -> str | None:
+    """This SLURM job's id as ``scontrol`` takes it (``<array>_<task>`` in an array); None outside SLURM."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
 def requeue_slurm_job() -> None:
     """``scontrol requeue`` this SLURM job (array jobs included), as Lightning's own requeue does."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if os.environ.get("SLURM_ARRAY_JOB_ID"):
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    job = slurm_job_id()
     if not job:
         return
     try:
@@ -128,10 +136,25 @@ class RunLifecycle(L.Callback):
             [*HANDLED_SIGNALS, self._submitit_signal] if self._submitit_signal else HANDLED_SIGNALS
         )
         self._previous = {s: signal.signal(s, self._on_signal) for s in signals}
+        self._announce(list(signals))
         try:
             yield
         finally:
             self._restore_handlers()
+
+    def _announce(self, signals: list[int]) -> None:
+        """One line (global rank 0 of a SLURM job) naming the signals this run answers and how."""
+        job = slurm_job_id()
+        if job is None or os.environ.get("SLURM_PROCID", "0") != "0":
+            return
+        requeue = [s for s in signals if s != signal.SIGTERM]
+        log.info(
+            "SLURM job %s: %s save %s after the current optimizer step and requeue the job, SIGTERM saves "
+            "and stops (orthoreg's handler; Lightning's auto-requeue is off)",
+            job,
+            ", ".join(signal.Signals(s).name for s in requeue),
+            self.checkpoint_path.name,
+        )
 
     def _restore_handlers(self) -> None:
         for s, handler in self._previous.items():
@@ -205,7 +228,9 @@ class RunLifecycle(L.Callback):
         if not stop:
             return
         signum = self.pending_signal or signal.SIGTERM
-        trainer.save_checkpoint(self.checkpoint_path)
+        trainer.save_checkpoint(
+            self.checkpoint_path, weights_only=False
+        )  # all of it: the run resumes from it
         handler = self._submitit_handler(signum)
         if handler is not None:
             self._hand_over(handler, signum, f"at step {trainer.global_step}")

@@ -1,10 +1,13 @@
 """The outcomes of a multirun's jobs: how many finished, were skipped, failed, were interrupted or not
 run, and the summary lines that say so.
 
-Each job appends one JSON line (its overrides, outcome, message, output folder and duration) to a file
-under the sweep folder (:func:`record_outcome`, called by the entry points), which works whatever the
-launcher: in-process, local worker processes, or SLURM jobs on a shared file system. The sweep's
-Hydra callback (runs/sweep.py) names the file when the multirun starts and prints the summary at its end.
+Each job appends one JSON line (its number in the multirun, overrides, outcome, message, output folder
+and duration) to a file under the sweep folder (:func:`record_outcome`, called by the entry points),
+which works whatever the launcher: in-process, local worker processes, or SLURM jobs on a shared file
+system. A job that SLURM requeues (``scontrol requeue``, a pre-emption) writes a line per attempt;
+:func:`read_outcomes` keeps the last one of each job, so it counts once, as what it ended as. The
+sweep's Hydra callback (runs/sweep.py) names the file when the multirun starts and prints the summary
+at its end.
 """
 
 from __future__ import annotations
@@ -30,11 +33,18 @@ def record_outcome(outcome: str, message: str = "", seconds: float | None = None
     path = os.environ.get(LOG_ENV)
     if not path or not _multirun_rank_zero():
         return
-    overrides, output_dir = [], None
+    overrides, output_dir, job = [], None, None
     if HydraConfig.initialized():
         overrides = list(HydraConfig.get().overrides.task)
         output_dir = HydraConfig.get().runtime.output_dir
-    entry = {"overrides": overrides, "outcome": outcome, "message": message, "output_dir": output_dir}
+        job = HydraConfig.get().job.get("num")
+    entry = {
+        "job": job,
+        "overrides": overrides,
+        "outcome": outcome,
+        "message": message,
+        "output_dir": output_dir,
+    }
     if seconds is not None:
         entry["seconds"] = round(seconds, 2)
     line = json.dumps(entry) + "\n"
@@ -53,8 +63,15 @@ def _multirun_rank_zero() -> bool:
 
 
 def read_outcomes(path: str | Path) -> list[dict[str, Any]]:
+    """One outcome per job, in the order the jobs first wrote: the last line of each (its number and
+    overrides), so a requeued attempt's ``interrupted`` gives way to how the job ended."""
     lines = Path(path).read_text().splitlines() if Path(path).exists() else []
-    return [json.loads(line) for line in lines if line.strip()]
+    last: dict[Any, dict[str, Any]] = {}
+    for i, line in enumerate(line for line in lines if line.strip()):
+        entry = json.loads(line)
+        job = entry.get("job")  # lines written before jobs were numbered count one each
+        last[i if job is None else (job, tuple(entry["overrides"]))] = entry
+    return list(last.values())
 
 
 def summary_lines(outcomes: list[dict[str, Any]]) -> list[str]:

@@ -6,6 +6,10 @@ Ampere-or-newer GPU use TF32 tensor cores for float32 matmuls and convolutions (
 bits instead of 23); ``medium`` also allows bf16 internally. It only matters under ``precision=32-true``
 (under bf16-mixed the autocast matmuls are bf16 already) and on GPUs: a CPU computes float32 either
 way. Set per process, so every DDP rank and every merge gets it; it is part of a run's identity.
+
+Under SLURM the Trainer gets Lightning's own SLURM environment with its auto-requeue off: the run's
+lifecycle (runs/lifecycle.py) saves ``last.ckpt`` at a step boundary and requeues on the pre-emption
+signal, and Lightning's handler beside it would save a second, mid-step checkpoint and requeue again.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
 from orthoreg_pl.config.rules import MATMUL_PRECISIONS
 from orthoreg_pl.runs.job import in_multirun
@@ -39,4 +45,17 @@ def make_trainer(
         # Lightning warns at every fit/validate/test that SLURM's `srun` is installed but not used; outside
         # a SLURM allocation there is nothing to prepend it to, so the warning is noise there
         warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
-    return L.Trainer(enable_progress_bar=enable_progress_bar, **trainer_kwargs)
+    plugins = with_slurm_environment(trainer_kwargs.pop("plugins", None))
+    return L.Trainer(enable_progress_bar=enable_progress_bar, plugins=plugins, **trainer_kwargs)
+
+
+def with_slurm_environment(plugins: Any) -> Any:
+    """``plugins`` plus SLURMEnvironment(auto_requeue=False) inside a SLURM job (unless a cluster
+    environment is given); outside SLURM, ``plugins`` as they are."""
+    if not SLURMEnvironment.detect():
+        return plugins
+    many = isinstance(plugins, Sequence) and not isinstance(plugins, str)  # a list, or Hydra's ListConfig
+    given = [] if plugins is None else list(plugins) if many else [plugins]
+    if any(isinstance(p, ClusterEnvironment) for p in given):
+        return plugins
+    return [*given, SLURMEnvironment(auto_requeue=False)]
