@@ -229,37 +229,71 @@ def test_campaign_with_a_failing_point_reports_it_and_exits_1(tmp_path, cache_di
     assert good["mode"] == "standard" and good["status"] == "ok" and summary["objective"]["value"] is not None
 
 
-# ---- the Optuna search ----------------------------------------------------------------------------
+# ---- the λ search (Optuna, ask and tell) ---------------------------------------------------------
+
+SEARCH = [
+    "experiment=campaign_quickstart",
+    "datasets=[digits]",
+    'overrides.train=["trainer.max_steps=4"]',
+    'overrides.merge=["protocol.alphas=[0,0.5,1]"]',
+    "logger=none",
+]
 
 
-def test_optuna_search_scores_trials_by_the_merged_objective_and_resumes(tmp_path, cache_dir):
-    """Two trials, then one more in a second call: the study in optuna.db keeps all three, each trial's
-    value is the objective of its campaign point's summary, and its λ is the λ that point trained."""
+def test_search_resumes_with_continuing_trial_numbers_and_one_baseline(tmp_path, cache_dir):
+    """Two trials, then one more in a second call: the study keeps the baseline (λ = 0, once) and three
+    trials numbered on; each trial's value is the objective of its own campaign point."""
     import optuna
 
-    args = [
-        "-m",
-        "experiment=campaign_quickstart",
-        "hparams_search=lambda_optuna",
-        "datasets=[digits]",
-        'overrides.train=["trainer.max_steps=4","trainer.enable_progress_bar=false"]',
-        'overrides.merge=["protocol.alphas=[0,0.5,1]"]',
-        "experiments.negation=null",
-        "logger=none",
-    ]
+    args = [*SEARCH, "search=optuna", "experiments.negation=null", "search.sampler=random"]
     for trials in (2, 1):
-        done = campaign([*args, f"hydra.sweeper.n_trials={trials}"], tmp_path, cache_dir)
+        done = campaign([*args, f"search.n_trials={trials}"], tmp_path, cache_dir)
         assert done.returncode == 0, done.stderr[-3000:]
-    folder = tmp_path / "campaigns" / "quickstart"
-    study = optuna.load_study(study_name="quickstart-lambda", storage=f"sqlite:///{folder / 'optuna.db'}")
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
-    for trial in study.trials:
-        lam = trial.params["lam"]
-        summary = json.loads((folder / "search" / f"lam{lam:g}" / "summary.json").read_text())
-        (row,) = summary["rows"]
-        assert row["mode"] == "standard_ortho" and row["lam"] == pytest.approx(lam)
-        assert trial.value == pytest.approx(summary["objective"]["value"])
-    assert len({t.params["lam"] for t in study.trials}) == 3
+    folder = tmp_path / "campaigns" / "quickstart" / "search"
+    study = optuna.load_study(study_name="quickstart-lambda", storage=f"sqlite:///{folder / 'study.db'}")
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert [bool(t.user_attrs.get("baseline")) for t in study.trials] == [True, False, False, False]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    for trial in study.trials[1:]:
+        summary = json.loads((Path(trial.user_attrs["folder"]) / "summary.json").read_text())
+        (point,) = summary["points"]
+        assert point["mode"] == "standard_ortho" and point["lam"] == pytest.approx(trial.params["lam"])
+        assert trial.value == pytest.approx(point["metrics"]["objective"]["mean"])
+    assert len({t.params["lam"] for t in study.trials[1:]}) == 3
+    search = json.loads((folder / "summary.json").read_text())
+    assert [r["trial"] for r in search["trials"]] == [0, 1, 2, 3] and search["best"]["trial"] in (1, 2, 3)
+    assert (folder / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    top = (tmp_path / "campaigns" / "quickstart" / "summary.md").read_text()
+    assert "[search/summary.md](search/summary.md)" in top and "4 trials" in top
+
+
+def test_two_objective_search_reports_a_front_of_non_dominated_trials(tmp_path, cache_dir):
+    done = campaign(
+        [*SEARCH, "search=optuna_pareto", "search.n_trials=3", "search.sampler=random"], tmp_path, cache_dir
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    search = json.loads((tmp_path / "campaigns" / "quickstart" / "search" / "summary.json").read_text())
+    rows = {r["trial"]: r for r in search["trials"] if r["state"] == "complete"}
+    assert len(rows) == 4 and search["pareto"]  # the baseline and three trials
+
+    def dominates(a, b):
+        up, down = (
+            a["addition_val_norm"] - b["addition_val_norm"],
+            b["negation_target_val"] - a["negation_target_val"],
+        )
+        return up >= 0 and down >= 0 and (up > 0 or down > 0)
+
+    for n in search["pareto"]:
+        assert not any(dominates(rows[m], rows[n]) for m in rows if m != n)
+    for n in set(rows) - set(search["pareto"]):
+        assert any(dominates(rows[m], rows[n]) for m in rows if m != n)
+
+
+def test_the_sweeps_extra_installs_cleanly_without_pins_on_sqlalchemy():
+    """pip check passes, and the project pins no SQLAlchemy (Optuna >= 4 runs on SQLAlchemy 2)."""
+    done = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "sqlalchemy" not in (PROJECT_ROOT / "pyproject.toml").read_text().lower()
 
 
 @pytest.mark.parametrize("sweep", sorted((PROJECT_ROOT / "sweeps").glob("wandb_*.yaml")))

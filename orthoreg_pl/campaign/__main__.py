@@ -1,8 +1,8 @@
 """``python -m orthoreg_pl.campaign experiment=campaign_<name> [hydra/launcher=joblib] [lambdas=[...]]``.
 
 One campaign: fine-tune every task at every (mode, λ, seed), merge, summarise (configs/campaign.yaml).
-With ``-m hparams_search=<search>`` a Hydra sweeper (Optuna) chooses λ: each trial is a campaign of
-one point and returns its merged objective.
+With ``search=optuna`` Optuna chooses λ instead (search.py): each trial is a campaign of one λ,
+scored by its merged objective.
 """
 
 import hydra

@@ -8,6 +8,8 @@ nothing, so repeating a finished campaign leaves no second offline folder of the
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import math
@@ -17,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from orthoreg_pl.campaign.plan import CampaignPlan
-from orthoreg_pl.campaign.summary import COLUMNS, PANELS, by_lambda, objective_name
+from orthoreg_pl.campaign.summary import COLUMNS, PANELS, by_lambda, intervals_csv, objective_name
 from orthoreg_pl.runs.loggers import quiet_settings, wandb_configured
 from orthoreg_pl.utils.io import sha256_text, write_text
 
@@ -27,7 +29,7 @@ LOGGED = ".wandb_logged"  # in the campaign folder: the digest of the summary la
 
 def _digest(summary: dict) -> str:
     """What the dashboard shows: the grid, the rows and the objective (not the stages' timings)."""
-    shown = {k: summary[k] for k in ("grid", "rows", "objective", "tasks", "protocols")}
+    shown = {k: summary[k] for k in ("grid", "rows", "points", "objective", "tasks", "protocols")}
     return sha256_text(json.dumps(shown, sort_keys=True, default=str))
 
 
@@ -63,8 +65,17 @@ def log_summary(cfg: DictConfig, plan: CampaignPlan, summary: dict, folder: Path
         columns = list(COLUMNS)
         data = [[r.get(c) for c in columns] for r in summary["rows"]]
         run.log({"campaign/summary": wandb.Table(columns=columns, data=data)})
+        intervals = list(csv.DictReader(io.StringIO(intervals_csv(summary))))
+        if intervals:
+            run.log(
+                {
+                    "campaign/intervals": wandb.Table(
+                        columns=list(intervals[0]), data=[list(r.values()) for r in intervals]
+                    )
+                }
+            )
         for column, title in PANELS:
-            series = [(m, *by_lambda(summary["rows"], m, column)) for m in plan.penalized]
+            series = [(m, *by_lambda(summary["points"], m, column)[:2]) for m in plan.penalized]
             series = [s for s in series if s[1]]
             if not series:
                 continue

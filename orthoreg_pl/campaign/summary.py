@@ -19,6 +19,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from orthoreg_pl.campaign.evidence import (  # noqa: E402
+    METRICS,
+    VERDICTS,
+    aggregate,
+    best_point,
+    interval_text,
+)
 from orthoreg_pl.campaign.plan import CampaignPlan  # noqa: E402
 from orthoreg_pl.campaign.stages import StageResult  # noqa: E402
 from orthoreg_pl.evaluation.report_files import REPORT_FILE, pct  # noqa: E402
@@ -36,6 +43,7 @@ COLUMNS = {
     "addition_val_norm": "addition: mean normalised validation accuracy at α*",
     "addition_test_abs": "addition: mean test accuracy of the merged model",
     "addition_test_norm": "addition: mean test accuracy / fine-tuned test accuracy",
+    "negation_target_val": "negation: mean validation accuracy of the negated tasks at their α (lower is better)",
     "negation_target_test": "negation: mean test accuracy of the negated tasks (lower is better)",
     "negation_control_test": "negation: mean control-task test accuracy",
     "single_zeroshot_test": "mean zero-shot test accuracy of the tasks",
@@ -113,6 +121,7 @@ def build_summary(plan: CampaignPlan, stages: list[StageResult], objective: Dict
             row["addition_test_abs"] = addition["mean"]["abs"]
             row["addition_test_norm"] = addition["mean"]["norm"]
         if negation:
+            row["negation_target_val"] = negation["val_at_alpha"]["target_val"]
             row["negation_target_test"] = negation["mean"]["target"]
             row["negation_control_test"] = negation["mean"]["control"]
         source = addition or negation
@@ -138,9 +147,8 @@ def build_summary(plan: CampaignPlan, stages: list[StageResult], objective: Dict
         row["reports"] = {p: r["path"] for p, r in found.items()}
         rows.append(row)
 
-    scored = [r for r in rows if r["objective"] is not None]
-    sign = 1 if objective.direction == "maximize" else -1
-    best = max(scored, key=lambda r: sign * r["objective"]) if scored else None
+    points = aggregate(rows, plan.plain, str(objective.direction))
+    best = best_point(points, str(objective.direction))
     summary = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "campaign": plan.name,
@@ -159,10 +167,11 @@ def build_summary(plan: CampaignPlan, stages: list[StageResult], objective: Dict
             "protocol": str(objective.protocol),
             "metric": str(objective.metric),
             "direction": str(objective.direction),
-            "value": None if best is None else best["objective"],
-            "best": None if best is None else {k: best[k] for k in ("mode", "lam", "seed")},
+            "value": None if best is None else best["metrics"]["objective"]["mean"],  # over the seeds
+            "best": None if best is None else {k: best[k] for k in ("mode", "lam", "seeds")},
         },
         "columns": COLUMNS,
+        "points": points,
         "rows": rows,
         "per_task": per_task,
         "stages": [
@@ -190,35 +199,60 @@ def _cell(column: str, value) -> str:
     return str(value)
 
 
-def noise_note(summary: dict) -> list[str]:
-    """How far the verdict can be trusted: with one seed, no interval can be given, and differences of
-    a point or two are within what another seed would move."""
-    if len(summary["grid"]["seeds"]) > 1:
-        return []
-    best, rows = summary["objective"]["best"], summary["rows"]
-    references = [r for r in rows if r["lam"] == 0 and r.get("objective") is not None]
-    line = "One seed: no interval can be given; differences of a point or two are within what another seed would move"
-    if best is not None and references and best["lam"] != 0:
-        gap = 100 * (summary["objective"]["value"] - references[0]["objective"])
-        line += f" (the best row is {gap:+.2f} points from {references[0]['mode']}, λ = 0)"
-    return [line + ". Run seeds=[0,1,2] for intervals.", ""]
+def verdict_lines(summary: dict) -> list[str]:
+    """Per penalised (mode, λ): what its seeds say against the λ = 0 reference of its family."""
+    names = {"objective": objective_name(summary), **{m: COLUMNS[m] for m in VERDICTS if m in COLUMNS}}
+    lines = []
+    for point in summary["points"]:
+        if not point["verdicts"]:
+            continue
+        seeds = len(point["seeds"])
+        lines.append(
+            f"* {point['mode']} λ={point['lam']:g} against {point['reference']} ({seeds} seed{'s' * (seeds > 1)}):"
+        )
+        lines += [f"  {names[m]}: {words}" for m, words in point["verdicts"].items()]
+    if lines and len(summary["grid"]["seeds"]) == 1:
+        lines.append("  One seed: no interval can be given; run seeds=[0,1,2] for intervals.")
+    return lines
+
+
+INTERVAL_COLUMNS = ("objective", "addition_test_norm", "negation_target_test", "single_finetuned_test")
 
 
 def markdown(summary: dict) -> str:
     objective = summary["objective"]
+    best = objective["best"]
     lines = [
         f"# Campaign {summary['campaign']}: {summary['arch']} on {', '.join(summary['tasks'])}",
         "",
         f"Objective: {objective['protocol']} {objective['metric']} ({objective['direction']}); best: "
         + (
             "none"
-            if objective["best"] is None
-            else f"{objective['best']['mode']} λ={objective['best']['lam']:g} seed {objective['best']['seed']}"
-            f" ({pct(objective['value'])} %)"
+            if best is None
+            else f"{best['mode']} λ={best['lam']:g} ({pct(objective['value'])} %, mean of {len(best['seeds'])} seed(s))"
         ),
         "",
-        *noise_note(summary),
+        "## What the seeds say",
+        "",
+        *(
+            verdict_lines(summary)
+            or ["No penalised point has a λ = 0 reference of its family in this campaign."]
+        ),
+        "",
+        "## Mean ± 95 % interval over seeds (Student's t; points, %)",
+        "",
+        "| mode | λ | seeds | " + " | ".join(INTERVAL_COLUMNS) + " | Δ objective vs λ = 0 |",
+        "|" + "---|" * (len(INTERVAL_COLUMNS) + 4),
     ]
+    for point in summary["points"]:
+        cells = [interval_text(point["metrics"][c]) for c in INTERVAL_COLUMNS]
+        delta = interval_text(point["differences"].get("objective")) if point["reference"] else "–"
+        lines.append(
+            f"| {point['mode']} | {point['lam']:g} | {len(point['seeds'])} | "
+            + " | ".join(cells)
+            + f" | {delta} |"
+        )
+    lines += ["", "## Every run", ""]
     columns = list(COLUMNS)
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "---|" * len(columns))
@@ -231,6 +265,30 @@ def markdown(summary: dict) -> str:
     for protocol, why in summary["not_run"].items():
         lines.append(f"\n{protocol} was not run: {why}.")
     return "\n".join(lines) + "\n"
+
+
+def intervals_csv(summary: dict) -> str:
+    """Per (mode, λ): each metric's mean and interval, and its paired difference to the λ = 0 reference."""
+    buffer = io.StringIO()
+    fields = ["mode", "lam", "seeds", "reference"]
+    for metric in METRICS:
+        fields += [f"{metric}_{k}" for k in ("mean", "low", "high")]
+        fields += [f"{metric}_diff_{k}" for k in ("mean", "low", "high")]
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for point in summary["points"]:
+        row = {
+            "mode": point["mode"],
+            "lam": point["lam"],
+            "seeds": len(point["seeds"]),
+            "reference": point["reference"],
+        }
+        for metric in METRICS:
+            for prefix, source in ((metric, point["metrics"]), (f"{metric}_diff", point["differences"])):
+                interval = source.get(metric) or {}
+                row.update({f"{prefix}_{k}": interval.get(k) for k in ("mean", "low", "high")})
+        writer.writerow(row)
+    return buffer.getvalue()
 
 
 def csv_text(summary: dict) -> str:
@@ -253,37 +311,37 @@ def objective_name(summary: dict) -> str:
     return f"{summary['objective']['protocol']} {summary['objective']['metric']}"
 
 
-def by_lambda(rows: list[dict], mode: str, column: str) -> tuple[list[float], list[float]]:
-    """λ and the mean over seeds of ``column`` for one mode (points without a value are left out)."""
-    values: dict[float, list[float]] = {}
-    for r in rows:
-        if r["mode"] == mode and r.get(column) is not None:
-            values.setdefault(r["lam"], []).append(100 * r[column])
-    lams = sorted(values)
-    return lams, [statistics.fmean(values[lam]) for lam in lams]
+def by_lambda(points: list[dict], mode: str, column: str) -> tuple[list[float], list[float], list[float]]:
+    """λ, the mean over seeds of ``column`` and its interval's half-width (0 for one seed), in %."""
+    found = sorted(
+        (p["lam"], p["metrics"][column]) for p in points if p["mode"] == mode and p["metrics"].get(column)
+    )
+    return (
+        [lam for lam, _ in found],
+        [100 * i["mean"] for _, i in found],
+        [100 * (i["half_width"] or 0.0) for _, i in found],
+    )
 
 
 def plot(summary: dict, path: Path) -> None:
     """Each metric against λ (log scale), one line per penalised mode; modes without the penalty are
     the dashed horizontal lines they are compared with."""
-    rows, grid = summary["rows"], summary["grid"]
+    points, grid = summary["points"], summary["grid"]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for ax, (column, title) in zip(axes.flat, PANELS):
         drawn = False
         for mode in grid["penalized_modes"]:
-            lams, values = by_lambda(rows, mode, column)
+            lams, values, half = by_lambda(points, mode, column)
             if lams:
-                ax.plot(lams, values, marker="o", label=mode)
+                ax.errorbar(lams, values, yerr=half, marker="o", capsize=4, label=mode)
                 drawn = True
         for i, mode in enumerate(grid["reference_modes"]):
-            _, values = by_lambda(rows, mode, column)
+            _, values, half = by_lambda(points, mode, column)
             if values:
-                ax.axhline(
-                    values[0],
-                    color=f"C{len(grid['penalized_modes']) + i}",
-                    linestyle="--",
-                    label=f"{mode} (λ=0)",
-                )
+                colour = f"C{len(grid['penalized_modes']) + i}"
+                ax.axhline(values[0], color=colour, linestyle="--", label=f"{mode} (λ=0)")
+                if half[0]:
+                    ax.axhspan(values[0] - half[0], values[0] + half[0], color=colour, alpha=0.15)
                 drawn = True
         ax.set_title(title.format(metric=objective_name(summary)), fontsize=10)
         ax.set_xlabel("λ (penalty weight)")
@@ -306,7 +364,7 @@ def plot(summary: dict, path: Path) -> None:
     seeds = len(grid["seeds"])
     fig.suptitle(
         f"Campaign {summary['campaign']}: {summary['arch']}, {len(summary['tasks'])} tasks"
-        + (f", mean over {seeds} seeds" if seeds > 1 else ""),
+        + (f", mean ± 95 % interval over {seeds} seeds" if seeds > 1 else ", one seed (no interval)"),
     )
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -318,5 +376,6 @@ def write_summary(folder: Path, summary: dict) -> None:
     """summary.md, summary.csv, summary.png, then summary.json (last: it marks a complete summary)."""
     write_text(folder / "summary.md", summary["markdown"])
     write_text(folder / "summary.csv", csv_text(summary))
+    write_text(folder / "summary_intervals.csv", intervals_csv(summary))
     plot(summary, folder / "summary.png")
     write_json(folder / "summary.json", {k: v for k, v in summary.items() if k != "markdown"})

@@ -145,7 +145,9 @@ class ProgressLine:
             parts.append(f"job ETA {_clock(job_left)}")
         if self.total and trained:
             per_job = sum(o["seconds"] for o in trained) / len(trained)
-            left = max(self.total - done - len(running), 0) * per_job + (job_left or 0)
+            if job_left is None:  # no step to go by: a running job takes what the finished ones took
+                job_left = sum(max(per_job - (time.time() - r["started"]), 0.0) for r in running)
+            left = max(self.total - done - len(running), 0) * per_job + job_left
             parts.append(f"sweep ETA {_clock(left)}")
         parts.append(f"elapsed {_clock(time.time() - self.started)}")
         return " · ".join(parts), (done, tuple(state["label"] for state in running))

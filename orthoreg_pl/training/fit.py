@@ -50,7 +50,6 @@ from orthoreg_pl.utils.safe_load import unsafe_pickle_message
 log = logging.getLogger(__name__)
 # The run folder holds meta.json before the first checkpoint; Lightning's notice about it is noise.
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 # Our DataModule restores the position inside the epoch (its state_dict), which Lightning cannot see.
 warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
 

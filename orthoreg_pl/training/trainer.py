@@ -41,6 +41,8 @@ def make_trainer(
     torch.set_float32_matmul_precision(matmul_precision)
     if enable_progress_bar is None:
         enable_progress_bar = sys.stderr.isatty() and not in_multirun()
+    # Lightning's own use of a torch API torch now deprecates: nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     if not os.environ.get("SLURM_JOB_ID"):
         # Lightning warns at every fit/validate/test that SLURM's `srun` is installed but not used; outside
         # a SLURM allocation there is nothing to prepend it to, so the warning is noise there
