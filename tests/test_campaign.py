@@ -31,6 +31,7 @@ SMALL = [
     'overrides.merge=["protocol.alphas=[0,0.5,1]"]',
 ]
 METRICS = [c for c in COLUMNS if c not in ("mode", "lam", "seed", "status")]
+GRID = ["lambdas=[0.1,1]", "seeds=[0,1]"]  # 2 tasks × (2 λ + standard) × 2 seeds: 12 runs, 12 reports
 
 
 def campaign(args: list[str], root: Path, cache: Path) -> subprocess.CompletedProcess:
@@ -128,7 +129,7 @@ def test_an_experiment_of_another_script_is_named_as_such(capsys, kind, experime
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("campaign")
-    done = campaign([*SMALL, "lambdas=[0.01,0.1,1]", "logger=wandb"], root, cache_dir)
+    done = campaign([*SMALL, *GRID, "logger=wandb"], root, cache_dir)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     folder = root / "campaigns" / "quickstart"
     return root, folder, json.loads((folder / "summary.json").read_text()), done
@@ -136,20 +137,56 @@ def ran(tmp_path_factory, cache_dir):
 
 def test_campaign_summary_has_a_row_per_mode_and_lambda_with_every_column(ran):
     root, folder, summary, _ = ran
-    assert [(r["mode"], r["lam"]) for r in summary["rows"]] == [
-        ("standard_ortho", 0.01),
-        ("standard_ortho", 0.1),
-        ("standard_ortho", 1.0),
-        ("standard", 0.0),
+    assert [(r["mode"], r["lam"], r["seed"]) for r in summary["rows"]] == [
+        ("standard_ortho", 0.1, 0),
+        ("standard_ortho", 0.1, 1),
+        ("standard_ortho", 1.0, 0),
+        ("standard_ortho", 1.0, 1),
+        ("standard", 0.0, 0),
+        ("standard", 0.0, 1),
     ]
     for row in summary["rows"]:
         assert row["status"] == "ok"
         assert all(isinstance(row[c], float) for c in METRICS), row
     with open(folder / "summary.csv") as f:
         table = list(csv.DictReader(f))
-    assert list(table[0]) == list(COLUMNS) and len(table) == 4
-    assert "| standard_ortho | 0.01 | 0 |" in (folder / "summary.md").read_text()
-    assert len(list((root / "runs").rglob("task_vector.safetensors"))) == 2 * 4
+    assert list(table[0]) == list(COLUMNS) and len(table) == 6
+    assert "| standard_ortho | 0.1 | 1 |" in (folder / "summary.md").read_text()
+    assert len(list((root / "runs").rglob("task_vector.safetensors"))) == 2 * 6
+
+
+def test_campaign_summary_holds_intervals_and_verdicts_that_follow_them(ran):
+    """Per (mode, λ): the mean of the two seeds and its t interval; against standard, the paired
+    difference seed by seed; the verdict's words follow the interval."""
+    from orthoreg_pl.campaign.statistics import estimate, verdict
+
+    _, folder, summary, _ = ran
+    rows = {(r["mode"], r["lam"], r["seed"]): r for r in summary["rows"]}
+    for point in summary["points"]:
+        mode, lam = point["mode"], point["lam"]
+        values = [rows[(mode, lam, s)]["objective"] for s in (0, 1)]
+        interval = estimate(values)
+        assert point["seeds"] == [0, 1] and point["metrics"]["objective"]["mean"] == pytest.approx(
+            interval.mean
+        )
+        assert point["metrics"]["objective"]["half_width"] == pytest.approx(interval.half_width)
+        if mode == "standard":
+            assert point["reference"] is None and point["verdicts"] == {}
+            continue
+        diff = estimate(
+            [rows[(mode, lam, s)]["objective"] - rows[("standard", 0.0, s)]["objective"] for s in (0, 1)]
+        )
+        assert point["differences"]["objective"]["mean"] == pytest.approx(diff.mean)
+        assert point["verdicts"]["objective"] == verdict(diff, "maximize")
+        assert ("not distinguishable" in point["verdicts"]["objective"]) == (not diff.excludes_zero())
+        assert f"* {mode} λ={lam:g} against standard (2 seeds):" in (folder / "summary.md").read_text()
+    with open(folder / "summary_intervals.csv") as f:
+        intervals = list(csv.DictReader(f))
+    assert [(r["mode"], r["lam"], r["seeds"]) for r in intervals] == [
+        ("standard_ortho", "0.1", "2"),
+        ("standard_ortho", "1.0", "2"),
+        ("standard", "0.0", "2"),
+    ]
 
 
 def test_campaign_objective_is_the_value_in_the_matching_merge_report(ran):
@@ -164,9 +201,9 @@ def test_campaign_objective_is_the_value_in_the_matching_merge_report(ran):
         refs = report["references"]
         expected = sum(r["finetuned"]["test"] for r in refs.values()) / len(refs)
         assert row["single_finetuned_test"] == pytest.approx(expected)
-    best = max(summary["rows"], key=lambda r: r["objective"])
-    assert summary["objective"]["value"] == best["objective"]
-    assert summary["objective"]["best"] == {"mode": best["mode"], "lam": best["lam"], "seed": 0}
+    best = max(summary["points"], key=lambda p: p["metrics"]["objective"]["mean"])
+    assert summary["objective"]["value"] == best["metrics"]["objective"]["mean"]  # the mean over the seeds
+    assert summary["objective"]["best"] == {"mode": best["mode"], "lam": best["lam"], "seeds": [0, 1]}
 
 
 def test_campaign_plot_and_wandb_run(ran):
@@ -189,11 +226,11 @@ def test_every_job_of_the_campaign_is_a_named_wandb_run_of_its_group(ran):
     jobs = read_offline_runs(root / "runs") + read_offline_runs(root / "reports")
     train = [r for r in jobs if r.job_type == "train"]
     merge = [r for r in jobs if r.job_type == "merge"]
-    assert len(train) == 2 * 4 and len(merge) == 2 * 4 and {r.group for r in jobs} == {"campaign-quickstart"}
+    assert len(train) == 2 * 6 and len(merge) == 2 * 6 and {r.group for r in jobs} == {"campaign-quickstart"}
     assert len({r.run_id for r in jobs}) == len(jobs) and all(r.exit_code == 0 for r in jobs)
     names = sorted(r.name for r in train)
     assert "orthoreg-tiny-clip/standard_ortho_lam0.1/Digits/seed0" in names
-    assert "orthoreg-tiny-clip/standard/Shapes/seed0" in names
+    assert "orthoreg-tiny-clip/standard/Shapes/seed1" in names
     assert any(r.name.startswith("negation/orthoreg-tiny-clip/standard_ortho_lam1/") for r in merge)
 
 
@@ -201,11 +238,11 @@ def test_campaign_rerun_trains_and_merges_nothing(ran, cache_dir):
     root, folder, first, _ = ran
     metas = {p: p.stat().st_mtime_ns for p in (root / "runs").rglob("meta.json")}
     offline = sorted(root.rglob("offline-run-*"))
-    done = campaign([*SMALL, "lambdas=[0.01,0.1,1]", "logger=wandb"], root, cache_dir)
+    done = campaign([*SMALL, *GRID, "logger=wandb"], root, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     again = json.loads((folder / "summary.json").read_text())
     assert all(s["jobs"]["finished"] == 0 and s["jobs"]["failed"] == 0 for s in again["stages"])
-    assert sum(s["jobs"]["skipped"] for s in again["stages"]) == 8 + 4 * 2
+    assert sum(s["jobs"]["skipped"] for s in again["stages"]) == 12 + 12
     assert {p: p.stat().st_mtime_ns for p in metas} == metas
     assert [r["objective"] for r in again["rows"]] == [r["objective"] for r in first["rows"]]
     assert sorted(root.rglob("offline-run-*")) == offline  # nothing new to log: no second W&B folder
