@@ -61,8 +61,9 @@ def check_resumable(path: str | Path) -> None:
     path = Path(path)
     try:
         archive = inspect_archive(path, "checkpoint")
-    except OrthoRegError as err:
-        raise unreadable(path, str(err).replace(f"checkpoint {path} ", "", 1)) from None
+    except OrthoRegError as err:  # "checkpoint <path> is not a whole ...", "checkpoint <path>: record ..."
+        why = str(err).removeprefix(f"checkpoint {path}").lstrip(": ").removeprefix("is ")
+        raise unreadable(path, why) from None
     if archive.compressed:
         raise unreadable(path, "it holds compressed zip records, which torch.save never writes")
 
