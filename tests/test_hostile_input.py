@@ -15,6 +15,7 @@ import errno
 import json
 import math
 import os
+import re
 import runpy
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ import torch
 from conftest import MERGE_RUN_OVERRIDES, PROJECT_ROOT, TINY
 from hostile_files import deep_module_pickle, inflate_largest_record, save_pickled_module
 
+from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.runs.folder import read_meta
 from orthoreg_pl.task_vectors import load_run
 from orthoreg_pl.task_vectors.import_reference import main as import_main
@@ -377,6 +379,43 @@ def test_edited_references_cache_is_refused_then_rebuilt(root, capsys, monkeypat
     code, err = run(capsys, monkeypatch, "merge", [*QS_MERGE, "protocol.alphas=[0,0.5,1]"])
     assert code == 0, err
     assert json.loads(entry.read_text())["accuracy"] == measured
+
+
+def test_edited_head_and_quickstart_caches_are_refused_then_rebuilt(tmp_path):
+    """The other tensor caches record their sha256 too: a zero-shot head scaled ×2 and quickstart pixels
+    changed in place (their safetensors headers intact) are refused naming the file; deleted, rebuilt."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from orthoreg_pl.data.quickstart import cached_arrays
+    from orthoreg_pl.models import create_clip, load_or_build_head
+
+    def edit(path: Path, change) -> None:
+        with safe_open(str(path), framework="pt") as f:
+            header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        save_file({k: change(v) for k, v in tensors.items()}, str(path), metadata=header)
+
+    clip = create_clip(TINY, None)
+    args = (TINY, "random-init-seed0", "Shapes", ["a", "b"], ["a photo of {c}."], tmp_path)
+    head = load_or_build_head(clip, *args)
+    (path,) = (tmp_path / "heads").glob("*.safetensors")
+    edit(path, lambda t: 2 * t)
+    with pytest.raises(OrthoRegError, match=f"{re.escape(str(path))} does not match the sha256"):
+        load_or_build_head(None, *args)
+    path.unlink()
+    assert torch.equal(load_or_build_head(clip, *args), head)
+
+    def make():
+        images = torch.arange(4 * 8 * 8 * 3, dtype=torch.uint8).reshape(4, 8, 8, 3).numpy()
+        return images, torch.arange(4).numpy(), images[:2], torch.arange(2).numpy()
+
+    first = cached_arrays(tmp_path, "Toy", make)
+    (data,) = (tmp_path / "quickstart").glob("Toy-*.safetensors")
+    edit(data, lambda t: 255 - t if t.dtype == torch.uint8 else t)
+    with pytest.raises(OrthoRegError, match=f"{re.escape(str(data))} does not match the sha256"):
+        cached_arrays(tmp_path, "Toy", make)
+    data.unlink()
+    assert all(torch.equal(first[k], v) for k, v in cached_arrays(tmp_path, "Toy", make).items())
 
 
 def test_unwritable_reports_folder_is_found_first(root, capsys, monkeypatch):
