@@ -32,6 +32,7 @@ from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.runs.folder import read_meta
 from orthoreg_pl.task_vectors import load_run
 from orthoreg_pl.task_vectors.import_reference import main as import_main
+from orthoreg_pl.utils.io import sha256_file
 
 QS_MERGE = ["experiment=quickstart_addition", "mode=standard_ortho", "tasks=[Digits,Shapes]"]
 QS_TRAIN = [
@@ -362,10 +363,18 @@ def test_leftovers_of_a_killed_publish_are_removed_by_the_next_job(
 
 def test_edited_references_cache_is_refused_then_rebuilt(root, capsys, monkeypatch):
     """An accuracy edited to 0.99 in .cache/references: refused naming the file; deleted, it is measured again."""
+    cache = Path(os.environ["ORTHOREG_CACHE_DIR"]) / "references"
+    shutil.rmtree(
+        cache, ignore_errors=True
+    )  # only this merge's references (the session's cache holds others)
     code, err = run(capsys, monkeypatch, "merge", [*QS_MERGE, "protocol.alphas=[0,1]"])
     assert code == 0, err
-    cache = Path(os.environ["ORTHOREG_CACHE_DIR"]) / "references"
-    entry = sorted(cache.glob("Digits-val-*.json"))[0]
+    vector = sha256_file(root / "runs" / "quickstart" / "Digits" / "task_vector.safetensors")
+    (entry,) = [  # the fine-tuned Digits val reference
+        p
+        for p in cache.glob("Digits-val-*.json")
+        if json.loads(p.read_text())["key"]["weights"].endswith(vector)
+    ]
     stored = json.loads(entry.read_text())
     measured = stored["accuracy"]
     entry.write_text(json.dumps({**stored, "accuracy": 0.99}))
