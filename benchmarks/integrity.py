@@ -4,7 +4,8 @@ In one run, on the quickstart runs of ``make quickstart`` (runs/quickstart: tiny
   merge        python merge.py experiment=quickstart_addition in this process, references cached;
   checks       each check on the same inputs, timed alone: the sha256 of every task vector against
                meta.json, the finite-value scan, the eval caches' pixel sha256 (first open in a
-               process), and composing + validating the command line before Hydra (precheck);
+               process), the references cache's entry sha256 (every read), and composing +
+               validating the command line before Hydra (precheck);
   references   the same merge with an empty references cache (every zero-shot and fine-tuned
                reference measured again) against the warm one.
 Prints each check's share of the merge time (in process, and of a whole ``python merge.py``). ``python benchmarks/integrity.py [--repeats 3]``
@@ -13,6 +14,7 @@ Prints each check's share of the merge time (in process, and of a whole ``python
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -31,6 +33,7 @@ from omegaconf import open_dict
 from orthoreg_pl.cli.precheck import check_job
 from orthoreg_pl.data import eval_cache
 from orthoreg_pl.evaluation.pipeline import run_merge
+from orthoreg_pl.evaluation.references import read_entry
 from orthoreg_pl.runs.folder import read_meta
 from orthoreg_pl.task_vectors import find_runs
 from orthoreg_pl.task_vectors.io import _read_with_header, _verified_checksum
@@ -116,6 +119,8 @@ def main() -> None:
                 eval_cache.contents_sha256(images, labels)
 
         cache_check = timed(pixels, args.repeats)
+        entries = {p: json.loads(p.read_text())["key"] for p in sorted((cache / "references").glob("*.json"))}
+        references = timed(lambda: [read_entry(p, key) for p, key in entries.items()], args.repeats)
         precheck = timed(lambda: check_job("merge", ARGS), args.repeats)
         command = [sys.executable, "merge.py", *ARGS, f"paths.cache_dir={cache}", f"hydra.run.dir={tmp}/cli"]
 
@@ -126,6 +131,7 @@ def main() -> None:
         whole = timed(process, args.repeats)
 
     checks = {"task vector sha256": sha, "finite scan": finite, "eval cache sha256": cache_check,
+              f"references sha256 ({len(entries)} entries)": references,
               "precheck (compose + validate)": precheck}  # fmt: skip
     print(f"quickstart addition merge (references cached): {warm:.2f} s, median of {args.repeats}")
     for name, seconds in checks.items():

@@ -8,6 +8,7 @@ scored by its merged objective.
 import hydra
 from omegaconf import DictConfig
 
+from orthoreg_pl.campaign.plan import precheck
 from orthoreg_pl.campaign.runner import run_campaign
 from orthoreg_pl.config.groups import check_experiment_kind
 from orthoreg_pl.runs.job import objective, result_field, run_or_exit
@@ -22,4 +23,5 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     check_experiment_kind("campaign")
+    precheck()  # the name and campaigns_dir, before Hydra makes the folder
     main()

@@ -6,24 +6,33 @@ becomes at most two training multiruns and two merge multiruns (addition and neg
 through their experiments). Every mode, task and experiment is composed here, with Hydra's compose
 API, before anything is launched: a typo stops the campaign at once with what is accepted, and a
 SLURM job the cluster would refuse (``sbatch --test-only``, runs/slurm.py) too.
+
+A campaign's ``name`` is a name, not a path: its folder is ``<paths.campaigns_dir>/<name>`` and
+stays there (:func:`check_folder`, run on the command line before Hydra makes the folder, and again
+by the job).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra import compose
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
+from orthoreg_pl.config.groups import CONFIG_DIR
 from orthoreg_pl.data.layouts import LAYOUTS
 from orthoreg_pl.data.registry import get_task
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.runs.identity import campaign_settings, identity_hash
 from orthoreg_pl.runs.slurm import check_submission, job_resources, launcher_overrides, shape_text, uses_slurm
+from orthoreg_pl.utils.io import check_writable
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,51 @@ class CampaignPlan:
         """Every (mode, λ, seed) the summary has a row for (λ = 0 for modes without the penalty)."""
         rows = [(m, lam, s) for m in self.penalized for lam in self.lambdas for s in self.seeds]
         return rows + [(m, 0.0, s) for m in self.plain for s in self.seeds]
+
+
+def check_name(name: object) -> str:
+    """A campaign name is one folder name: no path separator, not ``.`` or ``..``, not hidden."""
+    text = str(name)
+    if not text or "/" in text or "\\" in text or "\0" in text or text in (".", "..") or text.startswith("."):
+        raise OrthoRegError(
+            f"name={text!r}; expected a campaign name: one folder name under paths.campaigns_dir, without "
+            "/ or \\ and not starting with a dot (e.g. name=quickstart_lr3e-5)"
+        )
+    return text
+
+
+def check_folder(cfg: DictConfig) -> Path:
+    """The campaign's folder, ``<paths.campaigns_dir>/<name>``: the name checked, the folder under
+    campaigns_dir once links are resolved, and campaigns_dir writable. Returns the folder."""
+    name = check_name(cfg.name)
+    root = Path(cfg.paths.campaigns_dir)
+    folder = root / name
+    if folder.resolve().parent != root.resolve():
+        raise OrthoRegError(
+            f"name={name!r}: {folder} leads outside paths.campaigns_dir ({root}); expected a folder in it"
+        )
+    check_writable(root, "paths.campaigns_dir")
+    return folder
+
+
+def precheck(argv: list[str] | None = None) -> None:
+    """Before Hydra makes the campaign's folder: compose the command line and check the folder
+    (exit 2 with one line). A command line that does not compose is left to Hydra's own message."""
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("-m", "--multirun")]
+    if any(a.startswith("-") for a in argv):  # --help, --cfg, ...: Hydra's business
+        return
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="campaign"):
+            cfg = compose("campaign", overrides=argv)
+        check_folder(cfg)
+    except OrthoRegError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except (HydraException, OmegaConfBaseException, ValueError):
+        return  # a sweep Hydra expands, or a bad override: Hydra says so
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _compose(config_name: str, overrides: list[str], what: str) -> DictConfig:
@@ -178,6 +232,7 @@ def _merge_launcher_shape(running: dict[str, str], merge_base: list[str]) -> lis
 
 def make_plan(cfg: DictConfig) -> CampaignPlan:
     """Check the campaign's grid and turn it into multiruns (see the module docstring)."""
+    check_folder(cfg)
     experiments = cfg.experiments
     common = common_overrides(cfg)
     datasets = [str(d) for d in cfg.datasets]

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from orthoreg_pl.data.registry import TaskData, TaskSpec, register_task
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.utils.io import atomic_path
+from orthoreg_pl.utils.tensors import tensors_sha256
 
 SIZE = 32
 POOL, TEST = 1600, 500
@@ -153,22 +154,39 @@ def _make_digits() -> tuple[np.ndarray, ...]:
 def cached_arrays(
     cache_dir: Path, name: str, make: Callable[[], tuple[np.ndarray, ...]]
 ) -> dict[str, torch.Tensor]:
-    """Generate the task's arrays once; later calls read the safetensors cache (errors if it is corrupt)."""
+    """Generate the task's arrays once; later calls read the safetensors cache, verified against the
+    sha256 it recorded when it was generated (a corrupt or changed file is refused, naming it; one
+    generated before the caches recorded it is generated again)."""
     path = Path(cache_dir) / "quickstart" / f"{name}-v{GENERATOR_VERSION}.safetensors"
     keys = ("train_images", "train_labels", "test_images", "test_labels")
-    if not path.exists():
+    arrays = _read_arrays(path, keys) if path.exists() else None
+    if arrays is None:
         arrays = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in zip(keys, make())}
+        metadata = {"task": name, "generator_version": GENERATOR_VERSION, "sha256": tensors_sha256(arrays)}
         with atomic_path(path) as tmp:
-            save_file(arrays, str(tmp), metadata={"task": name, "generator_version": GENERATOR_VERSION})
+            save_file(arrays, str(tmp), metadata=metadata)
+    return arrays
+
+
+def _read_arrays(path: Path, keys: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
     try:
-        arrays = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get("sha256")
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise OrthoRegError(
             f"quickstart data cache {path} is corrupt ({err}); delete it and it will be rebuilt"
         ) from err
     if set(arrays) != set(keys):
         raise OrthoRegError(
             f"quickstart data cache {path} holds {sorted(arrays)}, expected {list(keys)}; delete it"
+        )
+    if recorded is None:
+        return None  # generated before the caches recorded their sha256: generated again
+    if recorded != tensors_sha256(arrays):
+        raise OrthoRegError(
+            f"quickstart data cache {path} does not match the sha256 it recorded when it was generated (the "
+            "file changed since); delete it and it will be rebuilt"
         )
     return arrays
 

@@ -9,6 +9,7 @@ import json
 import logging
 from pathlib import Path
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from orthoreg_pl.config.lam import effective_lambda
@@ -18,12 +19,14 @@ from orthoreg_pl.evaluation.evaluator import MergeEvaluator
 from orthoreg_pl.evaluation.protocols import PROTOCOLS
 from orthoreg_pl.evaluation.protocols.common import inputs as report_inputs
 from orthoreg_pl.evaluation.references import cross_check
-from orthoreg_pl.evaluation.report_files import REPORT_FILE, write_report
+from orthoreg_pl.evaluation.report_files import REPORT_FILE, remove_partial_report, write_report
 from orthoreg_pl.evaluation.report_logging import log_report
 from orthoreg_pl.evaluation.selection import check_splits, load_vectors, selected_settings
 from orthoreg_pl.evaluation.validation import validate_merge
 from orthoreg_pl.models import pretrained_identity
 from orthoreg_pl.runs.identity import identity_hash, report_settings
+from orthoreg_pl.runs.lock import RunLock
+from orthoreg_pl.utils.io import check_writable, clean_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,21 @@ class SkippedReport(dict):
 
 
 def run_merge(cfg: DictConfig) -> dict:
-    """Score one protocol for one set of fine-tuned runs and write the report folder."""
+    """Score one protocol for one set of fine-tuned runs and write the report folder (held by this
+    job: the leftovers of a killed merge there are removed first)."""
     validate_merge(cfg)
+    out = Path(cfg.paths.output_dir)
+    check_writable(out, "report folder")  # now, not after the whole evaluation
+    if rank_zero_only.rank != 0:  # the other processes of a distributed merge never write the folder
+        return _run_merge(cfg)
+    with RunLock(out):
+        left = clean_leftovers(out) + remove_partial_report(out)
+        if left:
+            log.info("removed what a killed merge left in %s: %s", out, ", ".join(left))
+        return _run_merge(cfg)
+
+
+def _run_merge(cfg: DictConfig) -> dict:
     name = cfg.protocol.name
     alphas = check_alphas(cfg.protocol.alphas)
     tasks = list(cfg.tasks)

@@ -7,6 +7,10 @@ training precision (e.g. bf16-mixed), which biases every normalised score of an 
 reference is cached under ``<cache_dir>/references/`` keyed by everything that changes it (weights,
 task, split and its checksum, preprocessing, precision, device type); the runs' own figures are kept
 as a cross-check, and a difference beyond ``reference_tolerance`` is reported.
+
+Each cached file records the sha256 of its key and accuracy, verified when it is read, like the eval
+cache's pixels: an entry changed after it was measured is refused, naming the file (delete it and
+the next merge measures it again), never used as "measured by this merge".
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import lightning as L
 
+from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.task_vectors import TaskVector
 from orthoreg_pl.utils.io import sha256_text, write_json
 
@@ -70,13 +75,7 @@ class ReferenceCache:
     def get(self, key: dict) -> float | None:
         digest, path = self._path(key)
         if digest not in self.memo:
-            value = None
-            if path.is_file():
-                try:
-                    stored = json.loads(path.read_text())
-                    value = float(stored["accuracy"]) if stored.get("key") == key else None
-                except (OSError, ValueError, KeyError, TypeError):
-                    value = None  # a broken entry is measured again
+            value = read_entry(path, key) if path.is_file() else None
             value = self.trainer.strategy.broadcast(value, src=0)
             if value is None:
                 return None
@@ -87,7 +86,43 @@ class ReferenceCache:
         digest, path = self._path(key)
         self.memo[digest] = accuracy
         if self.trainer.is_global_zero:
-            write_json(path, {"key": key, "accuracy": accuracy})
+            write_json(path, {"key": key, "accuracy": accuracy, "sha256": entry_sha256(key, accuracy)})
+
+
+def entry_sha256(key: dict, accuracy: float) -> str:
+    """What a cache file's content hashes to: its key and its accuracy, as JSON."""
+    return sha256_text(json.dumps({"key": key, "accuracy": accuracy}, sort_keys=True))
+
+
+def read_entry(path: Path, key: dict) -> float | None:
+    """The accuracy a cache file holds for ``key``; None for an entry written before the files had a
+    checksum (measured again and rewritten). A file that does not match its recorded sha256, or
+    holds another key or no accuracy in [0, 1], is refused naming it: it was changed after the
+    merge that measured it wrote it."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _changed(path, f"unreadable: {err}") from None
+    if not isinstance(stored, dict):
+        raise _changed(path, "not a JSON object")
+    if "sha256" not in stored and set(stored) == {"key", "accuracy"}:
+        log.info("references cache %s has no checksum (written before they had one): measured again", path)
+        return None
+    accuracy = stored.get("accuracy")
+    if stored.get("sha256") != entry_sha256(stored.get("key"), accuracy):
+        raise _changed(path, "it does not match the sha256 it recorded when it was measured")
+    if stored.get("key") != key:
+        raise _changed(path, "it holds the reference of another setting")
+    if isinstance(accuracy, bool) or not isinstance(accuracy, int | float) or not 0 <= accuracy <= 1:
+        raise _changed(path, f"its accuracy is {accuracy!r}, not a fraction in [0, 1]")
+    return float(accuracy)
+
+
+def _changed(path: Path, why: str) -> OrthoRegError:
+    return OrthoRegError(
+        f"references cache {path} is refused ({why}); it changed since a merge measured it: delete it "
+        f"(rm {path}) and the next merge measures that reference again"
+    )
 
 
 def measure(

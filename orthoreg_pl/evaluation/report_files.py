@@ -1,9 +1,19 @@
-"""Merge reports: report.json (everything), report.md (a paper-shaped table), report.csv and a plot."""
+"""Merge reports: report.json (everything), report.md (a paper-shaped table), report.csv and a plot.
+
+A report is written as a whole: its files are written in a hidden staging folder inside the report
+folder (same disk, so moving them is a rename), the previous report.json is removed, the other files
+are moved into place, and report.json last. A report folder holding report.json holds a complete
+report; a killed merge leaves at most a staging folder and parts without report.json, which the next
+merge of that folder removes (:func:`remove_partial_report`) before it starts.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -11,10 +21,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from orthoreg_pl.utils.io import atomic_path, write_json, write_text  # noqa: E402
+from orthoreg_pl.utils.io import STAGING_PREFIX, fsync_path, write_json  # noqa: E402
 
 REPORT_SCHEMA_VERSION = 1
-REPORT_FILE = "report.json"  # written last: a report folder holding it is complete
+REPORT_FILE = "report.json"  # moved into place last: a report folder holding it is complete
+REPORT_PARTS = ("report.md", "report.csv", "alpha_curve.png")  # moved in before it
 
 
 def pct(x: float | None) -> str:
@@ -82,8 +93,7 @@ def plot(report: dict, path: Path) -> None:
     for k, warning in enumerate(report.get("warnings", [])):
         fig.text(0.01, 0.01 + 0.03 * k, f"⚠ {warning}", fontsize=6, color="darkred")
     fig.tight_layout(rect=(0, 0.03 * len(report.get("warnings", [])), 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    fig.savefig(path, format="png", dpi=120)  # in the report's staging folder (write_report)
     plt.close(fig)
 
 
@@ -148,10 +158,36 @@ def _negation_curves(ax, report: dict) -> None:
 
 
 def write_report(report_dir: str | Path, report: dict) -> None:
-    """Write all four files (each atomically); report.json last marks a complete report."""
+    """Write the report's files as a whole (module docstring): staged, then moved into place with
+    report.json last."""
     report_dir = Path(report_dir)
-    write_text(report_dir / "report.md", markdown(report))
-    write_text(report_dir / "report.csv", csv_text(report))
-    if report["val_curves"]:  # single_task has no α curve
-        plot(report, report_dir / "alpha_curve.png")
-    write_json(report_dir / REPORT_FILE, {"schema_version": REPORT_SCHEMA_VERSION, **report})
+    report_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}report-", dir=report_dir))
+    try:
+        (stage / "report.md").write_text(markdown(report))
+        (stage / "report.csv").write_text(csv_text(report))
+        if report["val_curves"]:  # single_task has no α curve
+            plot(report, stage / "alpha_curve.png")
+        write_json(stage / REPORT_FILE, {"schema_version": REPORT_SCHEMA_VERSION, **report})
+        (report_dir / REPORT_FILE).unlink(missing_ok=True)  # from here the folder holds no complete report
+        for name in REPORT_PARTS:
+            if (stage / name).exists():
+                os.replace(stage / name, report_dir / name)
+            else:
+                (report_dir / name).unlink(missing_ok=True)  # an older report's plot is not this one's
+        os.replace(stage / REPORT_FILE, report_dir / REPORT_FILE)
+        fsync_path(report_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def remove_partial_report(report_dir: str | Path) -> list[str]:
+    """The parts of a report a killed merge moved into place without its report.json: removed (a
+    folder without report.json holds no report). Returns the names removed."""
+    report_dir = Path(report_dir)
+    if (report_dir / REPORT_FILE).exists():
+        return []
+    found = [name for name in REPORT_PARTS if (report_dir / name).is_file()]
+    for name in found:
+        (report_dir / name).unlink()
+    return found

@@ -22,6 +22,7 @@ from orthoreg_pl.config.validation import (
     sequence,
 )
 from orthoreg_pl.evaluation.protocols import PROTOCOLS
+from orthoreg_pl.utils.io import check_writable
 
 
 def _distinct_numbers(v: Any) -> bool:
@@ -59,8 +60,10 @@ def merge_rules() -> list[RuleLike]:
 
 
 def validate_merge(cfg: DictConfig) -> None:
-    """The values merge.py uses, checked before anything is read, built or written."""
+    """The values merge.py uses, checked before anything is read, built or written; the reports
+    folder must be writable (found now, not after the whole evaluation)."""
     check(cfg, [*model_rules(), *mode_rules(), *merge_rules(), *data_rules(), *trainer_rules()])
+    check_writable(cfg.paths.reports_dir, "paths.reports_dir")
     protocol = PROTOCOLS[str(cfg.protocol.name)]
     if protocol.check is not None:  # options a rule table cannot express (e.g. the analysis' modes)
         protocol.check(cfg)

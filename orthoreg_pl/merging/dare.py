@@ -30,6 +30,12 @@ def merge(
     if not 0 <= p < 1:
         raise OrthoRegError(f"DARE drop rate p={p}; expected 0 <= p < 1")
     vectors, coeffs = prepare(task_vectors, coefficients)
+    d = sum(t.numel() for t in vectors[0].tensors.values())
+    if (1 - p) * d < 1:  # fewer than one entry kept per vector, on average: every α would score θ0
+        raise OrthoRegError(
+            f"DARE with merge_method.p={p:g} keeps (1 − p)·d = {(1 - p) * d:.3g} of the d = {d} entries of a task "
+            f"vector on average: nothing would be merged; expected p < {1 - 1 / d:.6g} (e.g. the default 0.5)"
+        )
     master = torch.Generator().manual_seed(int(seed))
     seeds = torch.randint(0, 2**62, (len(vectors),), generator=master).tolist()
     generators = [torch.Generator().manual_seed(s) for s in seeds]

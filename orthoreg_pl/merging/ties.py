@@ -2,7 +2,8 @@
 
 1. Trim: keep each vector's top-k fraction of entries by magnitude, over the whole vector (all
    tensors together, as the paper and FusionBench do), zeroing the rest. The threshold is the
-   m-th largest |x| with m = round(k·d) (at least 1) of the d entries; entries tied with it are kept.
+   m-th largest |x| with m = round(k·d) of the d entries; entries tied with it are kept. A k so small
+   that m = 0 keeps nothing (every α would score θ0): it is refused, naming ``merge_method.k``.
 2. Elect: per entry, the sign of the sum of the trimmed vectors (0 where that sum is 0).
 3. Disjoint mean: per entry, the mean over the vectors whose trimmed entry is non-zero and has the
    elected sign; 0 where there is none.
@@ -24,13 +25,18 @@ from orthoreg_pl.task_vectors import TaskVector
 
 
 def magnitude_threshold(tensors: Iterable[Tensor], k: float) -> Tensor:
-    """The m-th largest |x| over all entries of ``tensors`` together (m = round(k·d), at least 1),
-    as a float32 scalar on the first tensor's device."""
+    """The m-th largest |x| over all entries of ``tensors`` together (m = round(k·d)), as a float32
+    scalar on the first tensor's device; m = 0 (k below 1/(2d)) is refused: TIES would keep nothing."""
     magnitudes = [t.detach().abs().flatten().float() for t in tensors]
     device = magnitudes[0].device
     magnitudes = torch.cat([m.to(device) for m in magnitudes])
     d = magnitudes.numel()
-    m = min(d, max(1, round(k * d)))
+    m = min(d, round(k * d))
+    if m < 1:
+        raise OrthoRegError(
+            f"TIES with merge_method.k={k:g} keeps round(k·d) = 0 of the d = {d} entries of a task vector: "
+            f"nothing would be merged; expected k > {0.5 / d:.3g} (e.g. the default 0.2)"
+        )
     return magnitudes.kthvalue(d - m + 1).values
 
 

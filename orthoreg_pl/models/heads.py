@@ -1,7 +1,9 @@
 """Zero-shot classification heads (docs/method.md §4), cached on disk as safetensors.
 
 A head is built once per (architecture, pretrained weights, task, prompts) with the CLIP text
-tower and reused by every run, mode and merge; the text tower is then no longer needed.
+tower and reused by every run, mode and merge; the text tower is then no longer needed. The file
+records the sha256 of its weights (safetensors metadata), verified when it is read: a head changed
+after it was built is refused, naming the file; one built before heads recorded it is rebuilt.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.utils.io import atomic_path, sha256_text
-from orthoreg_pl.utils.tensors import check_finite
+from orthoreg_pl.utils.tensors import check_finite, tensors_sha256
 
 
 @torch.no_grad()
@@ -59,11 +61,14 @@ def head_cache_path(
     )
 
 
-def read_head(path: Path, num_classes: int) -> Tensor:
-    """Load a cached head, with a clear error when the file is corrupt."""
+def read_head(path: Path, num_classes: int) -> Tensor | None:
+    """Load a cached head, with a clear error when the file is corrupt or changed since it was built;
+    None for a head built before heads recorded their sha256 (it is rebuilt)."""
     try:
-        weight = load_file(str(path))["weight"]
-    except (SafetensorError, KeyError, OSError, ValueError) as err:
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get("sha256")
+            weight = f.get_tensor("weight")
+    except (SafetensorError, KeyError, OSError, ValueError, RuntimeError) as err:
         raise OrthoRegError(
             f"zero-shot head cache file {path} is corrupt ({err}); delete it and it will be rebuilt"
         ) from err
@@ -71,6 +76,13 @@ def read_head(path: Path, num_classes: int) -> Tensor:
         raise OrthoRegError(
             f"zero-shot head cache file {path} holds a {tuple(weight.shape)} tensor, expected {num_classes} classes; "
             "delete it and it will be rebuilt"
+        )
+    if recorded is None:
+        return None
+    if recorded != tensors_sha256({"weight": weight}):
+        raise OrthoRegError(
+            f"zero-shot head cache file {path} does not match the sha256 it recorded when it was built (the file "
+            "changed since); delete it and it will be rebuilt"
         )
     check_finite({"weight": weight}, path)
     return weight
@@ -87,17 +99,25 @@ def load_or_build_head(
 ) -> Tensor:
     """Return the task's [C, D] head from the cache, building (with ``clip``'s text tower) when missing."""
     path = head_cache_path(cache_dir, arch, pretrained_id, task, classnames, templates)
-    if path.exists():
-        return read_head(path, len(classnames))
+    cached = read_head(path, len(classnames)) if path.exists() else None
+    if cached is not None:
+        return cached
     if clip is None:
-        raise OrthoRegError(f"no cached zero-shot head at {path} and no CLIP text tower to build one")
+        why = "is not there" if not path.exists() else "was built before heads recorded their checksum"
+        raise OrthoRegError(
+            f"the zero-shot head cache file {path} {why}, and no CLIP text tower is at hand to build it"
+        )
     weight = (
         build_zeroshot_weights(clip, open_clip.get_tokenizer(arch), classnames, templates).cpu().contiguous()
     )
+    metadata = {
+        "arch": arch,
+        "pretrained": pretrained_id,
+        "task": task,
+        "sha256": tensors_sha256({"weight": weight}),
+    }
     with atomic_path(path) as tmp:
-        save_file(
-            {"weight": weight}, str(tmp), metadata={"arch": arch, "pretrained": pretrained_id, "task": task}
-        )
+        save_file({"weight": weight}, str(tmp), metadata=metadata)
     return weight
 
 

@@ -27,10 +27,12 @@ from orthoreg_pl.config.lam import format_lambda
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.runs.folder import FINISHED, META_FILE, now, read_meta, run_status, start_meta
 from orthoreg_pl.runs.identity import identity_hash
+from orthoreg_pl.runs.lock import RunLock
 from orthoreg_pl.task_vectors.compat import mode_family
-from orthoreg_pl.task_vectors.publish import publish_run
+from orthoreg_pl.task_vectors.publish import check_publishable, publish_run
 from orthoreg_pl.task_vectors.reference_formats import (
     DEFAULT_LORA_ALPHA,
+    HALF_PRECISION,
     ArchLayout,
     arch_layout,
     attention_vector,
@@ -45,7 +47,7 @@ from orthoreg_pl.task_vectors.reference_names import (
     parse_seed_folder,
     parse_task_folder,
 )
-from orthoreg_pl.utils.io import sha256_file
+from orthoreg_pl.utils.io import STAGING_PREFIX, check_writable, clean_leftovers, sha256_file
 
 SOURCE = "reference"  # meta["identity"]["settings"]["source"] of an imported run
 NORM, GRAM = "fro", "min_side"  # the reference code's penalty form (docs/method.md §2)
@@ -83,6 +85,7 @@ class Outcome:
     task: str
     run_dir: Path
     skipped: bool
+    note: str | None = None  # e.g. the half precision the checkpoints came in
 
 
 # ---- what the source folder says ----------------------------------------------------------------
@@ -197,17 +200,36 @@ def plan(
 # ---- converting one task ------------------------------------------------------------------------
 
 
-def task_vector(folder: ModeFolder, item: TaskImport, layout: ArchLayout) -> tuple[dict[str, Tensor], dict]:
-    """The task vector of one task folder in the native key space, and format details for provenance."""
+def task_vector(
+    folder: ModeFolder, item: TaskImport, layout: ArchLayout
+) -> tuple[dict[str, Tensor], dict, list[str]]:
+    """The task vector of one task folder in the native key space, format details for provenance, and
+    the dtypes its checkpoints held."""
     family = mode_family(folder.mode)
     files = item.files
     if family == "standard":
-        return standard_vector(files["zeroshot"], files["finetuned"], layout), {}
-    if family == "attn":
-        return attention_vector(files["zeroshot"], files["finetuned"], layout), {}
-    if family == "linear":
-        return linear_vector(files["finetuned"], layout)
-    return lora_vector(files["finetuned"], layout, item.settings["mode.module.alpha"])
+        tensors, details = standard_vector(files["zeroshot"], files["finetuned"], layout)
+    elif family == "attn":
+        tensors, details = attention_vector(files["zeroshot"], files["finetuned"], layout)
+    elif family == "linear":
+        tensors, details = linear_vector(files["finetuned"], layout)
+    else:
+        tensors, details = lora_vector(files["finetuned"], layout, item.settings["mode.module.alpha"])
+    dtypes = details.pop("source_dtypes")
+    return tensors, details, dtypes
+
+
+def precision_fields(dtypes: list[str]) -> dict:
+    """meta.json's record of the precision the checkpoints came in; half precision gets a note, since
+    τ then carries its rounding (about 3 significant digits) although it is stored as float32."""
+    fields: dict = {"precision": dtypes[0] if len(dtypes) == 1 else dtypes}
+    half = [d for d in dtypes if d in HALF_PRECISION]
+    if half:
+        fields["precision_note"] = (
+            f"the checkpoints hold {' and '.join(half)} weights: the task vector was computed in float32 "
+            "from them and carries their rounding"
+        )
+    return fields
 
 
 def _nest(settings: dict) -> dict:
@@ -246,10 +268,12 @@ def write_run(
     checksums: dict[str, str],
     accuracy: dict,
     accuracy_files: dict[str, str],
-) -> Path:
-    """Convert one task folder into a finished run folder under ``stage``; returns it."""
+) -> tuple[Path, str | None]:
+    """Convert one task folder into a finished run folder under ``stage``; returns it and the
+    precision note meta.json records (None for float32 or float64 checkpoints)."""
     layout = arch_layout(folder.arch)
-    tensors, details = task_vector(folder, item, layout)
+    tensors, details, dtypes = task_vector(folder, item, layout)
+    check_publishable(tensors, f"{item.task_dir} ({', '.join(p.name for p in item.files.values())})")
     settings = item.settings
     run_dir = stage / item.run_dir.name
     run_dir.mkdir()
@@ -270,6 +294,7 @@ def write_run(
             "format": _FORMATS[mode_family(folder.mode)],
             "files": checksums,
             "accuracy_files": accuracy_files,
+            **precision_fields(dtypes),
             **({"details": details} if details else {}),
         },
     }
@@ -281,7 +306,7 @@ def write_run(
     )
     summary = {"tensors": len(tensors), "parameters": sum(t.numel() for t in tensors.values())}
     publish_run(run_dir, tensors, meta, config, imported_at=now(), task_vector=summary)
-    return run_dir
+    return run_dir, fields["imported_from"].get("precision_note")
 
 
 # ---- the whole mode folder ----------------------------------------------------------------------
@@ -310,9 +335,26 @@ def import_mode_folder(
         if path.is_file():
             tables[kind] = _accuracies(path)
             accuracy_files[os.path.relpath(path, src)] = sha256_file(path)
+    check_writable(out, "--out")
     created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with RunLock(out):  # one import at a time: the leftovers of a killed one are removed safely
+            clean_leftovers(out)
+            outcomes = _convert_all(out, folder, imports, tables, accuracy_files)
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+    order = {item.task: i for i, item in enumerate(imports)}
+    return sorted(outcomes, key=lambda o: order[o.task])
+
+
+def _convert_all(
+    out: Path, folder: ModeFolder, imports: list[TaskImport], tables: dict, accuracy_files: dict
+) -> list[Outcome]:
+    """Convert every task not yet imported into a staging folder, then move the run folders into place."""
     stage: Path | None = None
-    staged: list[tuple[TaskImport, Path]] = []
+    staged: list[tuple[TaskImport, Path, str | None]] = []
     outcomes: list[Outcome] = []
     try:
         for item in imports:
@@ -321,23 +363,19 @@ def import_mode_folder(
                 outcomes.append(Outcome(item.task, item.run_dir, skipped=True))
                 continue
             if stage is None:
-                out.mkdir(parents=True, exist_ok=True)
-                stage = Path(tempfile.mkdtemp(prefix=".import-", dir=out))
+                stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}import-", dir=out))
             accuracy = {
                 kind: _split_accuracy(tables.get(kind), item.task) for kind in ("zeroshot", "finetuned")
             }
-            staged.append((item, write_run(stage, folder, item, checksums, accuracy, accuracy_files)))
-        for item, run_dir in staged:
+            staged.append((item, *write_run(stage, folder, item, checksums, accuracy, accuracy_files)))
+        for item, run_dir, note in staged:
             item.run_dir.parent.mkdir(parents=True, exist_ok=True)
             os.rename(run_dir, item.run_dir)  # atomic: a run folder appears whole or not at all
-            outcomes.append(Outcome(item.task, item.run_dir, skipped=False))
+            outcomes.append(Outcome(item.task, item.run_dir, skipped=False, note=note))
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-    order = {item.task: i for i, item in enumerate(imports)}
-    return sorted(outcomes, key=lambda o: order[o.task])
+    return outcomes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for outcome in outcomes:
         verb = "skipped (already imported)" if outcome.skipped else "imported"
-        print(f"{verb} {outcome.task}: {outcome.run_dir}")
+        note = f" (note: {outcome.note}; recorded in meta.json)" if outcome.note else ""
+        print(f"{verb} {outcome.task}: {outcome.run_dir}{note}")
     return 0
 
 

@@ -30,7 +30,7 @@ TASK_VECTOR_FILE = "task_vector.safetensors"
 def save_task_vector(path: str | Path, tensors: dict[str, Tensor], metadata: dict | None = None) -> None:
     """Write name → tensor; ``metadata`` (JSON-able) travels in the safetensors header."""
     header = {"orthoreg": json.dumps(metadata or {}, sort_keys=True)}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=True) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=header)
 
 

@@ -10,7 +10,9 @@ and dtype of this project's native runs: image-tower names (``visual.*``), float
   under the base weight's name.
 
 Names and shapes are checked against the architecture as open_clip builds it (on the meta device: no
-weights are made or downloaded).
+weights are made or downloaded). Every tensor a vector is made of must be floating point (an integer
+checkpoint would import as floats of another scale); the precision they came in is returned with the
+vector (``source_dtypes``), so a half-precision source is noted in meta.json.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from torch import Tensor
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.task_vectors.safe_unpickle import PickledObject, module_state_dict, safe_load
 from orthoreg_pl.task_vectors.vector import describe_keys
+from orthoreg_pl.utils.safe_load import inspect_archive
 
 DTYPE = torch.float32  # what native runs publish (models are built in fp32)
+HALF_PRECISION = ("float16", "bfloat16")  # source dtypes accepted with a note in meta.json
+_NOT_LOADED = object()
 DEFAULT_LORA_ALPHA = 8.0  # the LoRA repository's README (its argparse default, 1.0, was not used)
 _VISUAL = "visual."
 _ATTENTION = ("attn.in_proj_weight", "attn.out_proj.weight")
@@ -82,15 +87,22 @@ def arch_layout(arch: str) -> ArchLayout:
 
 def read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], set[str] | None]:
     """(tensors, other plain entries, parameter names or None) of a reference checkpoint: a state dict
-    read with ``weights_only=True``, else (a pickled module) with the restricted unpickler."""
+    read with ``weights_only=True``, else (a pickled module, or compressed records torch.load would
+    inflate whole) with the restricted unpickler, which reads no more than the file declares. The
+    zip directory is checked against the file first (utils/safe_load.py)."""
     if not path.is_file():
         raise OrthoRegError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # weights_only refuses modules (and anything unusual): read it the restricted way
+    archive = inspect_archive(path, "checkpoint")
+    obj: Any = _NOT_LOADED
+    if not archive.compressed:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # weights_only refuses modules (and anything unusual): read it the restricted way
+            obj = _NOT_LOADED
+    if obj is _NOT_LOADED:
         obj = safe_load(path)
     if isinstance(obj, PickledObject):
-        tensors, parameters = module_state_dict(obj)
+        tensors, parameters = module_state_dict(obj, source=str(path))
         if not tensors:
             raise OrthoRegError(
                 f"{path} holds a pickled {obj.qualname} without parameters; expected a module"
@@ -105,6 +117,19 @@ def read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], set[str] 
         what = f"entries that are no tensors ({describe_keys(others)})" if others else "no tensors"
         raise OrthoRegError(f"{path} holds {what}; expected a state dict")
     return tensors, extra, None
+
+
+def source_dtypes(path: Path, tensors: Mapping[str, Tensor]) -> list[str]:
+    """The dtypes of the tensors a vector is made of (``float16``, ...); an integer, boolean or
+    complex one is refused: its values are not weights of a fine-tuned float model."""
+    bad = {n: t.dtype for n, t in tensors.items() if not t.is_floating_point()}
+    if bad:
+        name, dtype = next(iter(sorted(bad.items())))
+        raise OrthoRegError(
+            f"{path}: tensor {name} is {str(dtype).removeprefix('torch.')} ({len(bad)} non-floating tensor(s)); "
+            "expected floating-point weights (float32, float16 or bfloat16)"
+        )
+    return sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
 
 
 def _tower_prefix(keys: list[str], path: Path) -> str:
@@ -148,9 +173,9 @@ def _delta(new: Tensor, old: Tensor) -> Tensor:
 # ---- the four formats ----------------------------------------------------------------------------
 
 
-def standard_vector(zeroshot: Path, finetuned: Path, layout: ArchLayout) -> dict[str, Tensor]:
+def standard_vector(zeroshot: Path, finetuned: Path, layout: ArchLayout) -> tuple[dict[str, Tensor], dict]:
     """τ = θ_ft − θ_zs for every image-tower parameter (native ``standard`` runs train them all)."""
-    states = []
+    states, dtypes = [], set()
     for path in (zeroshot, finetuned):
         tensors, _, parameters = read_state(path)
         visual = image_tower(tensors, path)
@@ -162,18 +187,23 @@ def standard_vector(zeroshot: Path, finetuned: Path, layout: ArchLayout) -> dict
                     f"{path} has image-tower parameters {layout.arch} lacks: {describe_keys(strangers)}"
                 )
         _check_shapes(visual, layout.visual, path, layout.arch)
+        dtypes.update(source_dtypes(path, {n: visual[n] for n in layout.visual}))
         states.append(visual)
     zs, ft = states
-    return {n: _delta(ft[n], zs[n]) for n in layout.visual}
+    return {n: _delta(ft[n], zs[n]) for n in layout.visual}, {"source_dtypes": sorted(dtypes)}
 
 
-def attention_vector(zeroshot: Path, finetuned: Path, layout: ArchLayout) -> dict[str, Tensor]:
+def attention_vector(zeroshot: Path, finetuned: Path, layout: ArchLayout) -> tuple[dict[str, Tensor], dict]:
     """τ on the attention matrices; every other image-tower tensor must be unchanged (else the folder
     does not hold an attention-only run)."""
     zs, ft = (image_tower(read_state(p)[0], p) for p in (zeroshot, finetuned))
     attention = {n: layout.visual[n] for n in layout.attention}
     _check_shapes(zs, attention, zeroshot, layout.arch)
     _check_shapes(ft, attention, finetuned, layout.arch)
+    dtypes = {
+        *source_dtypes(zeroshot, {n: zs[n] for n in attention}),
+        *source_dtypes(finetuned, {n: ft[n] for n in attention}),
+    }
     changed = [
         n
         for n in layout.visual
@@ -183,7 +213,7 @@ def attention_vector(zeroshot: Path, finetuned: Path, layout: ArchLayout) -> dic
         raise OrthoRegError(
             f"{finetuned} changes {describe_keys(changed)} beyond the attention matrices: not an attention-only run"
         )
-    return {n: _delta(ft[n], zs[n]) for n in layout.attention}
+    return {n: _delta(ft[n], zs[n]) for n in layout.attention}, {"source_dtypes": sorted(dtypes)}
 
 
 def linear_vector(finetuned: Path, layout: ArchLayout) -> tuple[dict[str, Tensor], dict]:
@@ -218,10 +248,12 @@ def linear_vector(finetuned: Path, layout: ArchLayout) -> tuple[dict[str, Tensor
                     f"{finetuned}: {kind}.{i} has shape {tuple(values[i].shape)}, but position {i} of {layout.arch} "
                     f"is {name} with shape {shape}"
                 )
-    vector = {
-        name: _delta(params[i], params0[i]) for i, (name, _) in enumerate(order) if name.startswith(_VISUAL)
-    }
-    return vector, {"positions": n, "model_name": extra.get("model_name")}
+    used = [i for i, (name, _) in enumerate(order) if name.startswith(_VISUAL)]
+    dtypes = source_dtypes(
+        finetuned, {f"{kind}.{i}": values[i] for kind, values in found.items() for i in used}
+    )
+    vector = {order[i][0]: _delta(params[i], params0[i]) for i in used}
+    return vector, {"positions": n, "model_name": extra.get("model_name"), "source_dtypes": dtypes}
 
 
 def _number(value: Any) -> float | None:
@@ -258,11 +290,12 @@ def lora_vector(
     if not factors:
         raise OrthoRegError(f"{finetuned} holds no LoRA factors (keys ending in lora_A / lora_B)")
     vector: dict[str, Tensor] = {}
-    ranks = set()
+    ranks, dtypes = set(), set()
     for owner, parts in sorted(factors.items()):
         name = _lora_target(owner, finetuned)
         if {"lora_A", "lora_B"} - parts.keys():
             raise OrthoRegError(f"{finetuned}: {owner} has {sorted(parts)} but needs both lora_A and lora_B")
+        dtypes.update(source_dtypes(finetuned, {f"{owner}.{part}": t for part, t in parts.items()}))
         A, B = parts["lora_A"].to(DTYPE), parts["lora_B"].to(DTYPE)
         if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
             raise OrthoRegError(
@@ -283,7 +316,8 @@ def lora_vector(
     if missing:
         raise OrthoRegError(f"{finetuned} has no LoRA factors for {describe_keys(missing)}")
     rank = ranks.pop() if len(ranks) == 1 else sorted(ranks)
-    return {n: vector[n] for n in layout.attention}, {"rank": rank, "alpha": alpha}
+    details = {"rank": rank, "alpha": alpha, "source_dtypes": sorted(dtypes)}
+    return {n: vector[n] for n in layout.attention}, details
 
 
 def _lora_target(owner: str, path: Path) -> str:
@@ -302,6 +336,7 @@ def _lora_target(owner: str, path: Path) -> str:
 
 __all__ = [
     "DEFAULT_LORA_ALPHA",
+    "HALF_PRECISION",
     "ArchLayout",
     "arch_layout",
     "attention_vector",
@@ -309,5 +344,6 @@ __all__ = [
     "linear_vector",
     "lora_vector",
     "read_state",
+    "source_dtypes",
     "standard_vector",
 ]

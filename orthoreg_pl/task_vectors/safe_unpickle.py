@@ -8,6 +8,11 @@ rebuild functions, storages, dtypes and plain containers; every other global bec
 it. Calling a global (pickle's REDUCE) is allowed only for the functions of ``_CALLABLE`` and for the
 value classes of ``_RECORDED_CALLS`` (enums: recorded, never called); any other call is refused with
 an error naming the file and the global. Nothing the pickle names is ever imported.
+
+Reading is bounded by what the file declares: the zip directory is checked against the file first
+(:func:`orthoreg_pl.utils.safe_load.inspect_archive`), each storage record is streamed up to the
+size the pickle declares for it (a record that would inflate beyond is never inflated), and the
+module records are walked without recursion, at most :data:`MAX_MODULE_DEPTH` deep.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import reprlib
 import sys
 import zipfile
 from collections.abc import Callable, Mapping
@@ -25,6 +31,7 @@ import torch
 from torch import Tensor
 
 from orthoreg_pl.errors import OrthoRegError
+from orthoreg_pl.utils.safe_load import TorchArchive, inspect_archive, read_record
 
 # Globals a pickle may call: tensor rebuilds and plain containers (each checked by a wrapper below).
 _REBUILD_TENSOR = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")}
@@ -39,6 +46,10 @@ _RECORDED_CALLS = {
     ("functools", "partial"),
 }
 _MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}  # protocol-2 names of Python 2
+MAX_MODULE_DEPTH = 100  # an open_clip ViT nests 6 deep; a deeper chain is a crafted file
+MAX_MODULE_RECORDS = 1 << 16  # a ViT-L has about 500 modules
+_REPR = reprlib.Repr()  # bounded depth (maxlevel): a deeply nested payload cannot recurse
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
 
 
 class PickledObject:
@@ -105,7 +116,7 @@ def _placeholder(source: str, module: str, name: str) -> type:
 
 
 def _short(args: tuple) -> str:
-    text = repr(args)
+    text = _REPR.repr(args)
     return text if len(text) <= 80 else text[:77] + "...)"
 
 
@@ -152,6 +163,7 @@ class SafeUnpickler(pickle.Unpickler):
         super().__init__(file)
         self.source = source
         self._storage = storage
+        self._placeholders: dict[tuple[str, str], type] = {}  # one class per global, however often named
 
     def find_class(self, module: str, name: str) -> Any:
         module = _MODULE_ALIASES.get(module, module)
@@ -174,7 +186,9 @@ class SafeUnpickler(pickle.Unpickler):
             return getattr(torch, name)
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageKind(name, _STORAGE_DTYPES[name])
-        return _placeholder(self.source, module, name)
+        if key not in self._placeholders:
+            self._placeholders[key] = _placeholder(self.source, module, name)
+        return self._placeholders[key]
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
@@ -235,18 +249,10 @@ class SafeUnpickler(pickle.Unpickler):
         return text.encode("latin1")
 
 
-def _pickle_entry(names: list[str], path: Path) -> str:
-    entries = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
-    if len(entries) != 1:
-        raise OrthoRegError(
-            f"{path} is a zip file without a single data.pkl ({len(entries)} found); expected a torch.save file"
-        )
-    return entries[0]
-
-
 def safe_load(path: str | Path) -> Any:
     """The object a ``torch.save`` zip file holds: tensors (on the CPU), plain containers, and
-    :class:`PickledObject` records for every other class. Raises OrthoRegError for anything else."""
+    :class:`PickledObject` records for every other class. Raises OrthoRegError for anything else,
+    before allocating more than the file declares (module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise OrthoRegError(f"checkpoint {path} does not exist")
@@ -254,35 +260,35 @@ def safe_load(path: str | Path) -> Any:
         raise OrthoRegError(
             f"{path} is not a torch.save zip file (torch >= 1.6); the legacy format is not supported"
         )
+    archive = inspect_archive(path, "checkpoint")
     try:
-        return _load_archive(path)
+        return _load_archive(archive)
     except OrthoRegError:
         raise
     except Exception as err:  # a malformed file raises many types (zip, pickle, EOF); none is a bug of ours
         raise OrthoRegError(f"cannot read {path} as a checkpoint ({type(err).__name__}: {err})") from None
 
 
-def _load_archive(path: Path) -> Any:
+def _load_archive(checked: TorchArchive) -> Any:
+    path, root, records = checked.path, checked.root, checked.records
     with zipfile.ZipFile(path) as archive:
-        entry = _pickle_entry(archive.namelist(), path)
-        root = entry[: -len("data.pkl")]
-        names = set(archive.namelist())
-        byteorder = archive.read(root + "byteorder").decode() if root + "byteorder" in names else "little"
+        order = records.get(root + "byteorder")
+        if order is not None and order.file_size > len("little"):
+            raise OrthoRegError(
+                f"{path}: its byteorder record holds {order.file_size} bytes; expected little or big"
+            )
+        byteorder = read_record(archive, order, order.file_size, str(path)).decode() if order else "little"
         loaded: dict[str, torch.UntypedStorage] = {}
 
         def storage(key: str, dtype: torch.dtype, numel: int) -> _Storage:
             nbytes = numel * dtype.itemsize
             if key not in loaded:
-                record = f"{root}data/{key}"
-                if record not in names:
+                record = records.get(f"{root}data/{key}")
+                if record is None:
                     raise OrthoRegError(f"{path}: storage {key} is missing from the archive")
-                raw = archive.read(record)
-                if len(raw) < nbytes:
-                    raise OrthoRegError(
-                        f"{path}: storage {key} has {len(raw)} bytes, the pickle says {nbytes}"
-                    )
+                raw = read_record(archive, record, nbytes, str(path))  # never more than the pickle declares
                 data = (
-                    torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8)
+                    torch.frombuffer(raw, dtype=torch.uint8).untyped_storage()
                     if raw
                     else torch.UntypedStorage(0)
                 )
@@ -291,28 +297,48 @@ def _load_archive(path: Path) -> Any:
                 loaded[key] = data
             return _Storage(loaded[key], dtype)
 
-        return SafeUnpickler(io.BytesIO(archive.read(entry)), str(path), storage).load()
+        pickled = records[checked.pickle]
+        data = read_record(archive, pickled, pickled.file_size, str(path))
+        return SafeUnpickler(io.BytesIO(data), str(path), storage).load()
 
 
-def module_state_dict(record: PickledObject, prefix: str = "") -> tuple[dict[str, Tensor], set[str]]:
+def module_state_dict(
+    record: PickledObject, prefix: str = "", source: str = "the checkpoint"
+) -> tuple[dict[str, Tensor], set[str]]:
     """(name → tensor, names that are parameters) of a pickled ``nn.Module`` record, by walking its
-    ``_parameters``, ``_buffers`` (persistent ones) and ``_modules`` as ``state_dict()`` would."""
+    ``_parameters``, ``_buffers`` (persistent ones) and ``_modules`` as ``state_dict()`` would:
+    without recursion, refusing a tree deeper than :data:`MAX_MODULE_DEPTH` or with more than
+    :data:`MAX_MODULE_RECORDS` modules (a crafted chain, cycle or fan of shared records)."""
     tensors: dict[str, Tensor] = {}
     parameters: set[str] = set()
-    attrs = record.attributes()
-    for name, value in _mapping(attrs.get("_parameters")).items():
-        if isinstance(value, Tensor):
-            tensors[prefix + name] = value
-            parameters.add(prefix + name)
-    skipped = attrs.get("_non_persistent_buffers_set") or set()
-    for name, value in _mapping(attrs.get("_buffers")).items():
-        if isinstance(value, Tensor) and name not in skipped:
-            tensors[prefix + name] = value
-    for name, child in _mapping(attrs.get("_modules")).items():
-        if isinstance(child, PickledObject):
-            sub, sub_params = module_state_dict(child, f"{prefix}{name}.")
-            tensors.update(sub)
-            parameters |= sub_params
+    stack: list[tuple[PickledObject, str, int]] = [(record, prefix, 0)]
+    visited = 0
+    while stack:
+        node, at, depth = stack.pop()
+        visited += 1
+        if depth > MAX_MODULE_DEPTH or visited > MAX_MODULE_RECORDS:
+            limit = (
+                f"nest deeper than {MAX_MODULE_DEPTH} levels"
+                if depth > MAX_MODULE_DEPTH
+                else f"hold more than {MAX_MODULE_RECORDS} modules"
+            )
+            raise OrthoRegError(
+                f"{source}: its module records {limit} (at {at[:60]}...); refused: not a model"
+            )
+        attrs = node.attributes()
+        for name, value in _mapping(attrs.get("_parameters")).items():
+            if isinstance(value, Tensor):
+                tensors[at + name] = value
+                parameters.add(at + name)
+        skipped = attrs.get("_non_persistent_buffers_set") or set()
+        for name, value in _mapping(attrs.get("_buffers")).items():
+            if isinstance(value, Tensor) and name not in skipped:
+                tensors[at + name] = value
+        children = [
+            (n, c) for n, c in _mapping(attrs.get("_modules")).items() if isinstance(c, PickledObject)
+        ]
+        for name, child in reversed(children):  # popped in order: names come out as state_dict() gives them
+            stack.append((child, f"{at}{name}.", depth + 1))
     return tensors, parameters
 
 

@@ -8,6 +8,7 @@ failed or finished.
 
 from __future__ import annotations
 
+import errno
 import logging
 import pickle
 import warnings
@@ -44,7 +45,9 @@ from orthoreg_pl.runs.lifecycle import RunLifecycle, RunRequeued
 from orthoreg_pl.runs.lock import RunLock
 from orthoreg_pl.runs.loggers import finish_wandb, log_run_config, log_task_vector_artifact
 from orthoreg_pl.task_vectors import TASK_VECTOR_FILE, publish_run
+from orthoreg_pl.training.checkpoint_io import check_resumable
 from orthoreg_pl.training.validation import validate_train
+from orthoreg_pl.utils.io import check_writable, clean_leftovers
 from orthoreg_pl.utils.safe_load import unsafe_pickle_message
 
 log = logging.getLogger(__name__)
@@ -113,6 +116,7 @@ def train(cfg: DictConfig) -> dict:
     """
     validate_train(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    check_writable(run_dir, "run folder")
     lam = effective_lambda(cfg)
     if not cfg.mode.penalized and _named_on_command_line("ortho.lam"):
         log.warning("mode=%s adds no penalty: ortho.lam=%s is ignored", cfg.mode.name, cfg.ortho.lam)
@@ -127,6 +131,9 @@ def train(cfg: DictConfig) -> dict:
             return Skipped(previous)
         return _train(cfg, run_dir, lam, identity, previous)
     with RunLock(run_dir):
+        left = clean_leftovers(run_dir)  # a killed job's temporary files: this job owns the folder now
+        if left:
+            log.info("removed what a killed job left in %s: %s", run_dir, ", ".join(left))
         previous = _existing_run(run_dir, identity)
         if previous is not None and run_status(previous) == FINISHED:
             log.info("skipped: %s is finished (%s)", identity["tag"], run_dir)
@@ -212,7 +219,7 @@ def _train(cfg: DictConfig, run_dir: Path, lam: float, identity: dict, previous:
             128 + getattr(err, "signum", 2 if isinstance(err, KeyboardInterrupt) else 15),
         )
         if publish:
-            set_status(run_dir, meta, INTERRUPTED, str(err) or "SIGTERM", steps=int(trainer.global_step))
+            record_status(run_dir, meta, INTERRUPTED, str(err) or "SIGTERM", int(trainer.global_step))
         if isinstance(err, SIGTERMException):  # Lightning's own SIGTERM stop (during evaluation)
             raise RunInterrupted(
                 f"stopped by SIGTERM; re-run the same command to resume from {checkpoint}", 15
@@ -220,13 +227,41 @@ def _train(cfg: DictConfig, run_dir: Path, lam: float, identity: dict, previous:
         if isinstance(err, KeyboardInterrupt):  # Ctrl-C where no handler of ours was installed
             raise RunInterrupted("stopped by SIGINT (Ctrl-C); re-run the same command to resume", 2) from None
         raise
+    except OSError as err:  # a full or read-only disk under a logger or meta.json: one line naming the file
+        error = RunFailed(disk_error(err, run_dir)) if err.errno in DISK_ERRORS else err
+        if publish:
+            record_status(run_dir, meta, FAILED, f"{type(error).__name__}: {error}", int(trainer.global_step))
+        if error is err:
+            raise
+        raise error from None
     except BaseException as err:
         if publish:
-            set_status(run_dir, meta, FAILED, f"{type(err).__name__}: {err}", steps=int(trainer.global_step))
+            record_status(run_dir, meta, FAILED, f"{type(err).__name__}: {err}", int(trainer.global_step))
         raise
     finally:
         finish_wandb(exit_code)
         log.debug("run %s ended: %s", run_dir, status)
+
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a write the disk refused, whoever wrote
+
+
+def disk_error(err: OSError, run_dir: Path) -> str:
+    """An OSError of a write as one line naming the file (torch's zip writer names none)."""
+    where = err.filename or f"a file in {run_dir}"
+    return (
+        f"cannot write {where}: {err.strerror or err}; the run stopped (free space, then run the same "
+        "command again to resume from the last whole checkpoint)"
+    )
+
+
+def record_status(run_dir: Path, meta: dict, status: str, reason: str, steps: int) -> None:
+    """Record how the run ended; if even meta.json cannot be written (a disk still full), say so in
+    the log and leave the error itself to be reported (the run stays unfinished, so it resumes)."""
+    try:
+        set_status(run_dir, meta, status, reason, steps=steps)
+    except OSError as write_error:
+        log.error("could not record status %s in %s: %s", status, run_dir / META_FILE, write_error)
 
 
 def _fit_and_publish(
@@ -247,6 +282,7 @@ def _fit_and_publish(
             write_meta(run_dir, meta)
     resume = cfg.resume and checkpoint.exists()
     if resume:
+        check_resumable(checkpoint)  # a truncated file: one line naming it, before Lightning reads it
         log.info("resuming from %s", checkpoint)
     try:  # weights_only explicitly: Lightning passes None, which torch < 2.6 takes as False
         trainer.fit(

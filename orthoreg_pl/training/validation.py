@@ -17,6 +17,7 @@ from orthoreg_pl.config.validation import (
     optional,
     sequence,
 )
+from orthoreg_pl.utils.io import check_writable
 
 # What train.py can return to a sweeper: the accuracies meta.json records (runs/job.py: result_field).
 OBJECTIVES = tuple(
@@ -44,5 +45,7 @@ def train_rules() -> list[Rule]:
 
 
 def validate_train(cfg: DictConfig) -> None:
-    """The values train.py uses, checked before anything is read, built or written."""
+    """The values train.py uses, checked before anything is read, built or written; the runs folder
+    must be writable (found now, not after the run's first checkpoint)."""
     check(cfg, [*model_rules(), *mode_rules(), *train_rules(), *data_rules(), *trainer_rules()])
+    check_writable(cfg.paths.runs_dir, "paths.runs_dir")

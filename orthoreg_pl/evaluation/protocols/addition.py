@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from orthoreg_pl.evaluation.alphas import edge_warning, normalized_mean_curve, select_addition_alpha
-from orthoreg_pl.evaluation.protocols.common import Protocol, mean_row
+from orthoreg_pl.evaluation.protocols.common import Protocol, check_merged, mean_row, nonnegative_alphas
 
 if TYPE_CHECKING:
     from orthoreg_pl.evaluation.evaluator import MergeEvaluator
@@ -19,6 +19,7 @@ def run_addition(
     cfg: DictConfig, evaluator: MergeEvaluator, vectors: dict[str, TaskVector], alphas: list[float]
 ) -> dict:
     merged = instantiate(cfg.merge_method)(list(vectors.values()))
+    check_merged(cfg, merged, len(vectors))
     refs = evaluator.task_references(vectors)  # at this merge's precision: the Norm.Acc denominators
     val = {task: evaluator.accuracy(task, "val", merged, alphas) for task in vectors}
     normalized = normalized_mean_curve(val, {t: refs[t]["finetuned"]["val"] for t in vectors})
@@ -44,4 +45,9 @@ def run_addition(
     }
 
 
-ADDITION = Protocol("addition", run_addition, objectives=("val_norm",))
+ADDITION = Protocol(
+    "addition",
+    run_addition,
+    objectives=("val_norm",),
+    rules=(nonnegative_alphas("addition applies θ0 + α·merge(τ); to subtract, use protocol=negation"),),
+)

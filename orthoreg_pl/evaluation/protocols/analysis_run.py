@@ -51,7 +51,6 @@ from orthoreg_pl.evaluation.protocols.common import inputs, mean_row
 from orthoreg_pl.evaluation.selection import check_splits, hydra_value, load_vectors, select_runs
 from orthoreg_pl.runs.folder import read_meta
 from orthoreg_pl.task_vectors import TaskVector
-from orthoreg_pl.utils.io import write_text
 
 log = logging.getLogger(__name__)
 COLUMNS = ["cos_offdiag_mean_abs", "tau_dev90_mean", "xi_mean"]
@@ -268,11 +267,8 @@ def run_analysis(
         curves_note,
         {n: f["files"] for n, f in figures.items()},
     )
-    if evaluator.trainer.is_global_zero:
-        write_text(out / "report.md", markdown)  # also the pipeline's report.md (body["markdown"])
-        log.info(
-            "analysis figures: %s (%d PNG, each with CSV and JSON beside it)", out / "report.md", len(figures)
-        )
+    if evaluator.trainer.is_global_zero:  # report.md is body["markdown"], written with report.json (whole)
+        log.info("analysis figures: %s (%d PNG, each with CSV and JSON beside it)", out, len(figures))
     return {
         "alphas": list(alphas),
         "val_curves": {},

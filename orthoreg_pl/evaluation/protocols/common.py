@@ -1,15 +1,17 @@
-"""What the protocols share: the declaration each protocol makes, the inputs a report names, mean rows."""
+"""What the protocols share: the declaration each protocol makes, the rules of their α grids, the
+check of a merged vector, the inputs a report names, mean rows."""
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from orthoreg_pl.config.validation import RuleLike
+from orthoreg_pl.config.validation import Rule, RuleLike, number, sequence
+from orthoreg_pl.errors import OrthoRegError
 
 if TYPE_CHECKING:  # the declarations load without torch: the command line is checked with them
     from orthoreg_pl.evaluation.evaluator import MergeEvaluator
@@ -32,6 +34,34 @@ class Protocol:
     rules: tuple[RuleLike, ...] = ()
     check: Callable[[DictConfig], None] | None = None
     still_fits: Callable[[DictConfig, dict], bool] | None = None
+
+
+def nonnegative_alphas(applied_as: str) -> Rule:
+    """``protocol.alphas`` within the protocol's domain: α >= 0, ``applied_as`` saying what α scales
+    (a negative α would turn an addition into a subtraction, a negation into an addition, and the
+    report would still call it what the protocol is)."""
+
+    def check(v: Any) -> bool:
+        return sequence(number(0.0), min_length=1)(v)
+
+    return Rule("protocol.alphas", check, f"a non-empty list of numbers >= 0 ({applied_as})")
+
+
+def check_merged(cfg: DictConfig, merged: TaskVector, count: int) -> None:
+    """Refuse a merge whose result keeps fewer non-zero entries than it has task vectors: every α
+    would score θ0 and the report would show a flat curve as a result. Names the method and its
+    parameters, the knobs that did it."""
+    kept = sum(int(t.count_nonzero()) for t in merged.tensors.values())
+    if kept >= count:
+        return
+    total = sum(t.numel() for t in merged.tensors.values())
+    options = OmegaConf.to_container(cfg.merge_method, resolve=True)
+    params = ", ".join(f"merge_method.{k}={v}" for k, v in options.items() if not k.startswith("_"))
+    raise OrthoRegError(
+        f"merge_method={cfg.merge_method_name} ({params or 'no parameters'}) keeps {kept} non-zero entries of "
+        f"{total} for {count} task vector(s): its result is (almost) all zeros, so every α scores θ0; "
+        "expected at least one entry per task (change those parameters)"
+    )
 
 
 def inputs(vectors: dict[str, TaskVector]) -> dict[str, dict]:

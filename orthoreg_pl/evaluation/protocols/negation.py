@@ -11,7 +11,7 @@ from orthoreg_pl.config.groups import task_names
 from orthoreg_pl.config.validation import Rule, number
 from orthoreg_pl.errors import OrthoRegError
 from orthoreg_pl.evaluation.alphas import edge_warning, select_negation_alpha
-from orthoreg_pl.evaluation.protocols.common import Protocol, mean_row
+from orthoreg_pl.evaluation.protocols.common import Protocol, mean_row, nonnegative_alphas
 
 if TYPE_CHECKING:
     from orthoreg_pl.evaluation.evaluator import MergeEvaluator
@@ -73,6 +73,7 @@ NEGATION = Protocol(
     run_negation,
     objectives=("target_val",),
     rules=(
+        nonnegative_alphas("negation applies θ0 − α·τ"),
         Rule("protocol.threshold", number(0.0, 1.0, low_open=True), "a fraction in (0, 1]"),
         _control_rule,
     ),
