@@ -3,7 +3,8 @@ of the joblib launcher (2 local workers) over the basic launcher (one job after 
 
     .venv/bin/python benchmarks/campaign.py [--workers 2] [--datasets digits,shapes,colors,patterns]
 
-Both campaigns run the same grid (4 tasks × (standard + standard_ortho at 3 λ), addition and negation)
+Both campaigns run the same grid (configs/experiment/campaign_quickstart.yaml: 4 tasks × (standard +
+standard_ortho at its λ), addition and negation)
 from empty run folders, after a warm-up that builds the shared caches (generated data, zero-shot heads,
 eval caches) so neither pays for them. Time inside optimizer steps (forward, backward, step) is summed
 by the StepTimer callback in every training job; everything else (process start-up, data, heads,

@@ -300,6 +300,10 @@ def test_alpha_curves_from_existing_reports(tmp_path):
         folder.mkdir(parents=True)
         report = {"protocol": protocol, "mode": mode, "lam": lam, "merge_method": "task_arithmetic",
                   "alphas": alphas, "val_curves": curves, "per_task": {"A": {}, "B": {}}}  # fmt: skip
+        if protocol == "addition":
+            report["chosen_alpha"] = 0.5
+        else:
+            report |= {"threshold": 0.95, "control": "ImageNet", "control_zeroshot": {"val": 0.8}}
         (folder / "report.json").write_text(json.dumps(report))
     modes = [("standard", "standard", 0.0), ("standard_ortho λ=0.1", "standard_ortho", 0.1)]
     found = collect_curves(reports, modes, "tiny", 0, ["A", "B"], "task_arithmetic")
@@ -307,6 +311,9 @@ def test_alpha_curves_from_existing_reports(tmp_path):
     negation = found["standard_ortho λ=0.1"]["negation"]["curves"]
     assert negation["mean target"] == pytest.approx([0.6, 0.4, 0.2])
     assert negation["mean control"] == pytest.approx([0.9, 0.85, 0.75])
+    assert found["standard"]["addition"]["marks"] == {"chosen_alpha": 0.5}  # α* is starred
+    marks = found["standard_ortho λ=0.1"]["negation"]["marks"]  # the line at 0.95 × zero-shot control
+    assert marks["threshold"] == pytest.approx(0.76) and marks["threshold_label"] == "0.95 × zero-shot ImageNet"
     assert collect_curves(reports, modes, "tiny", 1, ["A", "B"], "task_arithmetic") == {}  # other seed
     out = tmp_path / "figs"
     alpha_curves_figure(found, out, "test")

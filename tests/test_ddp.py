@@ -300,11 +300,11 @@ def test_multirun_of_ddp_runs_each_job_once_in_its_own_folder(cache_dir, tmp_pat
     multirun must be the job's own (runs/job.py: this_job_argv), not the sweep: two jobs, two folders, two runs."""
     runs = tmp_path / "runs"
     output = train_py(
-        ["-m", *RUN, *RUNS["ddp"], "trainer.max_steps=3", "ortho.lam=0.1,1", f"paths.runs_dir={runs}"],
+        ["-m", *RUN, *RUNS["ddp"], "ortho.lam=0.1,1", f"paths.runs_dir={runs}"],
         cache_dir,
         tmp_path,
     )
     assert "multirun: 2 jobs: 2 finished, 0 skipped, 0 failed" in output
     metas = sorted(runs.rglob("meta.json"))
-    assert len(metas) == 2 and {json.loads(m.read_text())["steps"] for m in metas} == {3}
+    assert len(metas) == 2 and {json.loads(m.read_text())["steps"] for m in metas} == {STEPS}
     assert len(list(runs.rglob("task_vector.safetensors"))) == 2

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MERGE_RUN_OVERRIDES, PROJECT_ROOT, TINY
+from conftest import MERGE_RUN_OVERRIDES, MERGE_SELECT, PROJECT_ROOT, TINY
 from hostile_files import deep_module_pickle, inflate_largest_record, save_pickled_module
 
 from orthoreg_pl.errors import OrthoRegError
@@ -34,7 +34,7 @@ from orthoreg_pl.task_vectors import load_run
 from orthoreg_pl.task_vectors.import_reference import main as import_main
 from orthoreg_pl.utils.io import sha256_file
 
-QS_MERGE = ["experiment=quickstart_addition", "mode=standard_ortho", "tasks=[Digits,Shapes]"]
+QS_MERGE = ["experiment=quickstart_addition", "mode=standard_ortho", "tasks=[Digits,Shapes]", MERGE_SELECT]
 QS_TRAIN = [
     "experiment=quickstart",
     "dataset=digits",
