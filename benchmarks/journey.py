@@ -6,6 +6,7 @@ the ratio is what the offline W&B runs of its 13 jobs cost. Counts the warning l
 Run it on a quiet machine (it takes about 20 minutes on 2 cores):
 
     .venv/bin/python benchmarks/journey.py [--skip-campaign] [--sizes full,small]
+    .venv/bin/python benchmarks/journey.py --count LOG [LOG ...]   # only the warning lines of saved logs
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WARNING = re.compile(r"Warning:|\bWARNING\b|warnings\.warn|UserWarning|DeprecationWarning")
+# a warning line: Python's warnings (``path.py:123: message``, Lightning's included), a logger's WARNING
+# record, pip's or wandb's warnings, and ``...Warning: ...`` categories
+WARNING = re.compile(r"^\S+\.py:\d+: |\[WARNING\]|^WARNING\b|wandb: WARNING|\w+Warning: ")
 LOGS = ROOT / "benchmarks" / "journey_logs"
 
 
@@ -54,7 +57,14 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="full,small")
     parser.add_argument("--skip-campaign", action="store_true")
+    parser.add_argument(
+        "--count", nargs="+", type=Path, help="count the warning lines of these logs and stop"
+    )
     args = parser.parse_args()
+    if args.count:
+        for log in args.count:
+            print(f"{log}: {warnings_in(log)} warning lines")
+        return
     LOGS.mkdir(exist_ok=True)
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.2f}")
     print("| what | wall time | warning lines | / baseline |")

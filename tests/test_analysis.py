@@ -313,7 +313,9 @@ def test_alpha_curves_from_existing_reports(tmp_path):
     assert negation["mean control"] == pytest.approx([0.9, 0.85, 0.75])
     assert found["standard"]["addition"]["marks"] == {"chosen_alpha": 0.5}  # α* is starred
     marks = found["standard_ortho λ=0.1"]["negation"]["marks"]  # the line at 0.95 × zero-shot control
-    assert marks["threshold"] == pytest.approx(0.76) and marks["threshold_label"] == "0.95 × zero-shot ImageNet"
+    assert (
+        marks["threshold"] == pytest.approx(0.76) and marks["threshold_label"] == "0.95 × zero-shot ImageNet"
+    )
     assert collect_curves(reports, modes, "tiny", 1, ["A", "B"], "task_arithmetic") == {}  # other seed
     out = tmp_path / "figs"
     alpha_curves_figure(found, out, "test")

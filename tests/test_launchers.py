@@ -28,7 +28,6 @@ from orthoreg_pl.errors import OrthoRegError, RunInterrupted
 from orthoreg_pl.runs.lifecycle import RunLifecycle, RunRequeued
 
 submitit = pytest.importorskip("submitit")
-optuna = pytest.importorskip("optuna")
 
 # The tiny quickstart run, as short as a real train.py job gets.
 TINY = [
@@ -331,7 +330,7 @@ def test_the_campaigns_merge_multirun_asks_for_what_its_experiments_need(tmp_pat
 
     plan = plan_of("experiment=campaign_quickstart", "launcher=slurm", f"paths.root_dir={tmp_path}")
     merge = list(plan.merge[0].overrides)
-    assert "experiment=quickstart_addition,quickstart_negation" in merge
+    assert "experiment=quickstart_clip_addition,quickstart_clip_negation" in merge
     shape = [o for o in merge if o.startswith("hydra.launcher.")]
     assert shape == [
         "hydra.launcher.nodes=1",
@@ -639,48 +638,6 @@ def run_app(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         cwd=tmp_path, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
-
-
-# ---- the Optuna sweeper's storage -------------------------------------------------------------------
-
-
-@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # add_trial, create_trial
-def test_optuna_rdb_storage_creates_adds_and_reloads_a_study(tmp_path):
-    """optuna 2.x's RDB storage needs SQLAlchemy < 2 (pyproject.toml's `sweeps` extra pins it)."""
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    study = optuna.create_study(study_name="lam", storage=storage, direction="maximize")
-    lam = optuna.distributions.LogUniformDistribution(1e-3, 1e2)
-    study.add_trial(optuna.trial.create_trial(params={"lam": 1.0}, distributions={"lam": lam}, value=0.5))
-    trial = study.ask()
-    trial.suggest_float("lam", 1e-3, 1e2, log=True)
-    study.tell(trial, 0.75)
-
-    again = optuna.load_study(study_name="lam", storage=storage)
-    assert [t.state for t in again.trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    assert again.best_value == 0.75 and again.trials[0].params == {"lam": 1.0}
-    resumed = optuna.create_study(
-        study_name="lam", storage=storage, direction="maximize", load_if_exists=True
-    )
-    assert len(resumed.trials) == 2
-
-
-def test_optuna_sweeper_keeps_its_study_in_sqlite(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
-    done = run_app(
-        tmp_path,
-        "hydra/sweeper=optuna",
-        "hydra.sweeper.sampler.seed=0",
-        "hydra.sweeper.direction=minimize",
-        "hydra.sweeper.n_trials=3",
-        "hydra.sweeper.n_jobs=1",
-        "hydra.sweeper.study_name=app",
-        f"hydra.sweeper.storage='{storage}'",
-        "x=interval(0,4)",
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    study = optuna.load_study(study_name="app", storage=storage)
-    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
-    assert study.best_value == min((t.params["x"] - 2.0) ** 2 for t in study.trials)
 
 
 @pytest.mark.skipif(not has_plugin("hydra_ray_launcher"), reason="opt-in: pip install -e '.[ray]'")

@@ -233,7 +233,6 @@ def test_multirun_skips_finished_and_resumes_only_unfinished(tmp_path, cache_dir
         "experiment=quickstart",
         "dataset=digits",
         "mode=standard",
-        "optim.lr=0.001,0.002",
         "logger=wandb",
         "wandb_task_vector_artifact=true",
         "trainer.max_steps=2",
@@ -243,7 +242,7 @@ def test_multirun_skips_finished_and_resumes_only_unfinished(tmp_path, cache_dir
         f"paths.runs_dir={tmp_path}/runs",
     ]
 
-    def run(extra=(), **extra_env):
+    def run(extra=("optim.lr=0.001,0.002",), **extra_env):
         proc = start([*args, *extra], cache_dir, tmp_path, **extra_env)
         return proc.wait(timeout=300), proc.stdout.read()
 

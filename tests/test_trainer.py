@@ -137,7 +137,7 @@ def test_under_slurm_lightning_leaves_the_requeue_to_the_lifecycle(in_a_slurm_jo
     ours = [m for m in messages if "Lightning's auto-requeue is off" in m]
     assert ours == [
         "SLURM job 4242: SIGUSR1 save last.ckpt after the current optimizer step and requeue the job, "
-        "SIGTERM saves and stops (orthoreg's handler; Lightning's auto-requeue is off)"
+        "SIGINT, SIGTERM save and stop (orthoreg's handler; Lightning's auto-requeue is off)"
     ]
     # Lightning left alone (a Trainer not made by make_trainer) would set its own handlers
     assert any("SLURM auto-requeueing enabled" in m for m in fit_two_steps(L.Trainer(**QUIET)))

@@ -147,13 +147,15 @@ class RunLifecycle(L.Callback):
         job = slurm_job_id()
         if job is None or os.environ.get("SLURM_PROCID", "0") != "0":
             return
-        requeue = [s for s in signals if s != signal.SIGTERM]
+        stop = [s for s in (signal.SIGINT, signal.SIGTERM) if s in signals]
+        requeue = [s for s in signals if s not in stop]
         log.info(
-            "SLURM job %s: %s save %s after the current optimizer step and requeue the job, SIGTERM saves "
-            "and stops (orthoreg's handler; Lightning's auto-requeue is off)",
+            "SLURM job %s: %s save %s after the current optimizer step and requeue the job, %s save and "
+            "stop (orthoreg's handler; Lightning's auto-requeue is off)",
             job,
             ", ".join(signal.Signals(s).name for s in requeue),
             self.checkpoint_path.name,
+            ", ".join(signal.Signals(s).name for s in stop),
         )
 
     def _restore_handlers(self) -> None:
