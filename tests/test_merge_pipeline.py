@@ -214,6 +214,16 @@ def test_merge_logs_one_offline_wandb_run(runs, cache_dir, tmp_path, monkeypatch
     assert any("alpha_curves" in a for a in run.artifacts)
 
 
+def test_wandb_mode_disabled_turns_the_wandb_logger_off(runs, cache_dir, tmp_path, monkeypatch):
+    """WANDB_MODE=disabled, W&B's own switch, wins over the logger's offline default: no W&B folder is
+    written and the environment still says disabled afterwards (Lightning's offline flag sets dryrun)."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "report"
+    report = run_merge(merge_cfg(runs, cache_dir, out, "experiment=quickstart_addition", "logger=wandb"))
+    assert (out / "report.json").is_file() and report["objective"]["value"] > 0
+    assert not list(out.rglob("wandb")) and os.environ["WANDB_MODE"] == "disabled"
+
+
 def test_references_at_the_merges_precision(runs, cache_dir, tmp_path):
     """A run whose meta.json figures came from another precision (bf16-mixed training, here simulated by
     shifting them): the merge uses what it measures itself, so α = 0 equals the zero-shot reference

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from orthoreg_pl.campaign.plan import CampaignPlan
 from orthoreg_pl.campaign.summary import COLUMNS, PANELS, by_lambda, intervals_csv, objective_name
-from orthoreg_pl.runs.loggers import quiet_settings, wandb_configured
+from orthoreg_pl.runs.loggers import quiet_settings, wandb_mode
 from orthoreg_pl.utils.io import sha256_text, write_text
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ def log_summary(cfg: DictConfig, plan: CampaignPlan, summary: dict, folder: Path
     import wandb
 
     settings = OmegaConf.to_container(wandb_cfg, resolve=True)
-    offline = not wandb_configured() if settings.get("offline") is None else settings["offline"]
+    mode = wandb_mode(settings.get("offline"))
+    if mode == "disabled":  # WANDB_MODE=disabled: nothing logged, nothing marked as logged
+        return
     under_agent = os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID")
     run = wandb.init(
         project=settings.get("project"),
@@ -57,9 +59,9 @@ def log_summary(cfg: DictConfig, plan: CampaignPlan, summary: dict, folder: Path
         job_type="campaign",
         dir=str(folder),
         resume="allow",
-        mode="offline" if offline else "online",
+        mode=mode,
         config={"campaign": plan.settings, "objective": summary["objective"]},
-        settings=quiet_settings(),
+        settings=quiet_settings(mode),
     )
     try:
         columns = list(COLUMNS)

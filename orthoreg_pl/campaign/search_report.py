@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from orthoreg_pl.runs.loggers import quiet_settings, wandb_configured  # noqa: E402
+from orthoreg_pl.runs.loggers import quiet_settings, wandb_mode  # noqa: E402
 from orthoreg_pl.utils.io import atomic_path, write_json, write_text  # noqa: E402
 
 SECTION = "<!-- λ search -->"
@@ -240,12 +240,14 @@ def log_trial(cfg: DictConfig, number: int, params: dict, values: dict, folder: 
     import wandb
 
     settings = OmegaConf.to_container(wandb_cfg, resolve=True)
-    offline = not wandb_configured() if settings.get("offline") is None else settings["offline"]
+    mode = wandb_mode(settings.get("offline"))
+    if mode == "disabled":  # WANDB_MODE=disabled: nothing logged, nothing marked as logged
+        return
     name = f"trial {number}: λ={params['lam']:.4g}" + (f", lr={params['lr']:.3g}" if "lr" in params else "")
     run = wandb.init(
         project=settings.get("project"), id=f"{settings.get('id')}-trial{number}", name=name,
         group=f"{cfg.run_group}-search", job_type="search-trial", dir=str(folder), resume="allow",
-        mode="offline" if offline else "online", config={"trial": number, **params}, settings=quiet_settings(),
+        mode=mode, config={"trial": number, **params}, settings=quiet_settings(mode),
     )  # fmt: skip
     run.log({f"search/{k}": v for k, v in values.items() if v is not None and math.isfinite(v)})
     for k, v in values.items():

@@ -28,18 +28,33 @@ def wandb_configured() -> bool:
         return False
 
 
-def quiet_settings() -> object:
-    """wandb's settings for a job's run: no banner of its own (where the run is saved, how to sync it)
-    in every job's output; the end of a quickstart or campaign says it once for all runs."""
+def wandb_mode(offline: bool | None = None) -> str:
+    """wandb.init's ``mode``: ``disabled`` when ``WANDB_MODE=disabled`` (W&B's own off switch, which an
+    explicit mode would otherwise override), else offline unless W&B is configured (``offline`` forces it)."""
+    if os.environ.get("WANDB_MODE") == "disabled":
+        return "disabled"
+    return "offline" if (not wandb_configured() if offline is None else offline) else "online"
+
+
+def quiet_settings(mode: str) -> object:
+    """wandb's settings for a job's run: no banner of its own in every job's output (an offline run's
+    three lines on where it is saved and how to sync it: the end of a quickstart or campaign says that
+    once for all runs); an online run keeps its one link."""
     import wandb
 
-    return wandb.Settings(quiet=True)
+    return wandb.Settings(silent=True) if mode != "online" else wandb.Settings(quiet=True)
 
 
 def wandb_logger(offline: bool | None = None, **kwargs) -> WandbLogger:
-    """A WandbLogger, offline unless W&B is configured (offline runs sync later with ``wandb sync``)."""
-    kwargs.setdefault("settings", quiet_settings())
-    logger = WandbLogger(offline=not wandb_configured() if offline is None else offline, **kwargs)
+    """A WandbLogger, offline unless W&B is configured (offline runs sync later with ``wandb sync``);
+    ``WANDB_MODE=disabled``, W&B's own switch, turns it off (Lightning's ``offline`` would overwrite it)."""
+    mode = wandb_mode(offline)
+    kwargs.setdefault("settings", quiet_settings(mode))
+    if (
+        mode == "disabled"
+    ):  # given to wandb.init: Lightning's offline=True would set WANDB_MODE=dryrun over it
+        kwargs["mode"] = "disabled"
+    logger = WandbLogger(offline=mode == "offline", **kwargs)
     # Lightning always hands wandb.init ``anonymous`` (None unless asked), which wandb warns has no
     # effect; we never ask for it, so it is not passed at all
     logger._wandb_init.pop("anonymous", None)
