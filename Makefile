@@ -26,10 +26,12 @@ SIZE ?= full
 ifeq ($(SIZE),small)
 QUICKSTART_TASKS := digits,shapes
 QUICKSTART_TASK_NAMES := Digits,Shapes
+ANALYSIS_SIZE := 'protocol.xi.pairs=[[Digits,Shapes]]'
 CAMPAIGN_SIZE := 'datasets=[digits,shapes]' 'lambdas=[1.0,3.0]'
 else ifeq ($(SIZE),full)
 QUICKSTART_TASKS := digits,shapes,colors,patterns
 QUICKSTART_TASK_NAMES := Digits,Shapes,Colors,Patterns
+ANALYSIS_SIZE :=
 CAMPAIGN_SIZE :=
 else
 $(error SIZE=$(SIZE); expected full or small)
@@ -49,7 +51,7 @@ quickstart: setup
 	$(PY) train.py -m experiment=quickstart_clip dataset=$(QUICKSTART_TASKS) mode=standard,standard_ortho $(ARGS)
 	$(PY) merge.py -m experiment=quickstart_clip_addition mode=standard,standard_ortho $(MERGE_ARGS)
 	$(PY) merge.py -m experiment=quickstart_clip_negation mode=standard,standard_ortho $(MERGE_ARGS)
-	$(PY) merge.py experiment=quickstart_clip_analysis $(MERGE_ARGS)
+	$(PY) merge.py experiment=quickstart_clip_analysis $(MERGE_ARGS) $(ANALYSIS_SIZE)
 	$(PY) -m orthoreg_pl.report runs/quickstart reports/quickstart --next "make campaign"
 
 # The λ campaign on the same tiny CLIP, reusing the quickstart's runs: 4 tasks × (standard + standard_ortho at

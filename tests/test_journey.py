@@ -252,3 +252,39 @@ def test_journey_end_names_the_key_numbers_the_folders_and_the_next_command(tmp_
     assert "standard 90.30 % (α*=0.7)" in text and "standard_ortho λ=1 29.25 / 51.60 %" in text
     assert "W&B: 1 offline runs" in text and "-exec .venv/bin/wandb sync {} +" in text
     assert text.splitlines()[-2] == "Next: make campaign"
+
+
+# ---- the make targets ---------------------------------------------------------------------------------
+
+
+def make_commands(target: str, *variables: str) -> list[list[str]]:
+    """The python command lines ``make -n <target>`` would run, split as bash splits them."""
+    done = subprocess.run(
+        ["make", "-n", target, *variables], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(".venv/bin/python ")]
+    return [shlex.split(line)[1:] for line in lines if " -c " not in line and " pip " not in line]
+
+
+@pytest.mark.parametrize(
+    "variables", [(), ("SIZE=small",), ("SIZE=small", "ARGS=trainer.max_steps=5 optim.lr=1e-4")]
+)
+def test_every_command_of_the_make_targets_is_accepted(variables, tmp_path, capsys):
+    """`make quickstart` and `make campaign`, full and small, with ARGS: each train.py and merge.py line
+    passes the command-line check, the campaign's plan composes every job (the small analysis once
+    named ξ pairs of the full size)."""
+    from test_campaign import plan_of
+
+    from orthoreg_pl.cli.precheck import precheck
+
+    commands = make_commands("quickstart", *variables)
+    assert [c[0] for c in commands] == ["train.py", "merge.py", "merge.py", "merge.py", "-m"]
+    for script, *args in commands[:-1]:
+        try:
+            precheck(script.removesuffix(".py"), args)
+        except SystemExit as done:
+            pytest.fail(f"{script} {shlex.join(args)}: exit {done.code}\n{capsys.readouterr().err}")
+    ((_, module, *args),) = make_commands("campaign", *variables)
+    assert module == "orthoreg_pl.campaign"
+    plan = plan_of(*args, f"paths.root_dir={tmp_path}")
+    assert len(plan.tasks) == (2 if "SIZE=small" in variables else 4)
