@@ -46,11 +46,12 @@ CAMPAIGN_ARGS := $(CAMPAIGN_SIZE) $(if $(strip $(ARGS)),'overrides.train=[$(subs
 # θ0 is the tiny CLIP pre-trained on the CPU (shipped: orthoreg_pl/resources/pretrained/, rebuilt bit for bit
 # by `python -m orthoreg_pl.models.pretrain_tiny`); λ 1 (configs/experiment/quickstart_clip*.yaml) from its measured curve.
 
-# Re-running it skips finished runs and reports and resumes interrupted ones; `make clean` starts afresh.
+# Two jobs at a time (hydra/launcher=joblib: a process each, which on 2 cores finishes more small jobs per
+# minute than one process after another; benchmarks/campaign.py measures it). Re-running it skips finished
+# runs and reports and resumes interrupted ones; `make clean` starts afresh.
 quickstart: setup
-	$(PY) train.py -m experiment=quickstart_clip dataset=$(QUICKSTART_TASKS) mode=standard,standard_ortho $(ARGS)
-	$(PY) merge.py -m experiment=quickstart_clip_addition mode=standard,standard_ortho $(MERGE_ARGS)
-	$(PY) merge.py -m experiment=quickstart_clip_negation mode=standard,standard_ortho $(MERGE_ARGS)
+	$(PY) train.py -m experiment=quickstart_clip dataset=$(QUICKSTART_TASKS) mode=standard,standard_ortho hydra/launcher=joblib $(ARGS)
+	$(PY) merge.py -m experiment=quickstart_clip_addition,quickstart_clip_negation mode=standard,standard_ortho hydra/launcher=joblib $(MERGE_ARGS)
 	$(PY) merge.py experiment=quickstart_clip_analysis $(MERGE_ARGS) $(ANALYSIS_SIZE)
 	$(PY) -m orthoreg_pl.report runs/quickstart reports/quickstart --next "make campaign"
 

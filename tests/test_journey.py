@@ -132,18 +132,18 @@ def popen(argv: list[str], cache: Path, tmp: Path) -> subprocess.Popen:
 
 
 def ctrl_c_once_training(
-    proc: subprocess.Popen, root: Path, checkpoints: int = 1, group: bool = True
+    proc: subprocess.Popen, root: Path, checkpoints: int = 1, group: bool = True, signum: int = signal.SIGINT
 ) -> None:
-    """SIGINT once a run below ``root`` has written ``last.ckpt`` (it is then mid-training)."""
+    """SIGINT (or ``signum``) once a run below ``root`` has written ``last.ckpt`` (it is then mid-training)."""
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if any(root.rglob("last.ckpt")):
             break
         time.sleep(0.05)
     if group:
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signum)
     else:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
 
 
 def leftovers(root: Path) -> list[str]:
@@ -200,9 +200,11 @@ def test_ctrl_c_in_a_multirun_stops_every_job_and_starts_no_other(launcher, tmp_
     assert sorted(json.loads(m.read_text())["status"] for m in runs.rglob("meta.json")) == ["finished"] * 3
 
 
-def test_ctrl_c_in_a_campaign_stops_its_children_and_the_rerun_completes(tmp_path, cache_dir):
-    """Ctrl-C reaches the campaign (its multiruns run in process groups of their own): it hands the
-    signal on, waits for the jobs to save, and ends with one line and 130; nothing is left running."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_in_a_campaign_stops_its_children_and_the_rerun_completes(tmp_path, cache_dir, signum):
+    """Ctrl-C (or a SIGTERM, as `kill` sends) reaches the campaign alone (its multiruns run in process
+    groups of their own): it hands the signal on, waits for the jobs to save, and ends with one line and
+    128 + the signal; nothing is left running (a SIGTERM once left the child training under pid 1)."""
     args = [
         "-m", "orthoreg_pl.campaign", "experiment=campaign_quickstart", "datasets=[digits]", "lambdas=[1.0]",
         "modes=[standard_ortho]", 'overrides.train=["trainer.max_epochs=2","callbacks.checkpoint.every_n_train_steps=5"]',
@@ -210,9 +212,9 @@ def test_ctrl_c_in_a_campaign_stops_its_children_and_the_rerun_completes(tmp_pat
         f"paths.root_dir={tmp_path}",
     ]  # fmt: skip
     proc = popen(args, cache_dir, tmp_path)
-    ctrl_c_once_training(proc, tmp_path / "runs", group=False)  # the terminal's group: the campaign alone
+    ctrl_c_once_training(proc, tmp_path / "runs", group=False, signum=signum)  # to the campaign alone
     output = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 130, output[-3000:]
+    assert proc.returncode == 128 + signum, output[-3000:]
     interrupted = [line for line in output.splitlines() if line.startswith("interrupted: campaign")]
     assert len(interrupted) == 1 and "Traceback" not in output, output[-3000:]
     (meta,) = (tmp_path / "runs").rglob("meta.json")
@@ -278,7 +280,7 @@ def test_every_command_of_the_make_targets_is_accepted(variables, tmp_path, caps
     from orthoreg_pl.cli.precheck import precheck
 
     commands = make_commands("quickstart", *variables)
-    assert [c[0] for c in commands] == ["train.py", "merge.py", "merge.py", "merge.py", "-m"]
+    assert [c[0] for c in commands] == ["train.py", "merge.py", "merge.py", "-m"]
     for script, *args in commands[:-1]:
         try:
             precheck(script.removesuffix(".py"), args)

@@ -69,7 +69,8 @@ def journey_end(folders: Sequence[Path], reports: Sequence[dict], next_command: 
     places = []
     merged = sorted({str(Path(r["config"]["paths"]["output_dir"])) for r in reports if r.get("config")})
     if merged:
-        where = " ".join(shlex.quote(str(f)) for f in folders)
+        holding = [f for f in folders if any(Path(m).resolve().is_relative_to(f.resolve()) for m in merged)]
+        where = " ".join(shlex.quote(str(f)) for f in holding or folders)
         places.append(
             f"Reports: {len(merged)} merge folders (report.md, report.csv, alpha_curve.png each) under {where}"
         )
