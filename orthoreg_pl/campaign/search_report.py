@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from orthoreg_pl.runs.loggers import quiet_settings, wandb_mode  # noqa: E402
@@ -143,7 +144,10 @@ def plot(summary: dict, path: Path) -> None:
                 label=f"best: λ = {b['lam']:.3g}",
             )
         ax.set_xscale("log")
-        ax.set_xlabel("λ (penalty weight)")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, ... as plain numbers
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("λ (penalty weight, log scale)")
         ax.set_ylabel(f"{field} (%), mean over seeds")
         ax.set_title(f"objective against λ ({direction})", fontsize=10)
         ordered = sorted(done, key=lambda r: r["trial"])
@@ -156,6 +160,7 @@ def plot(summary: dict, path: Path) -> None:
         hist.plot([r["trial"] for r in ordered], best_so_far, "-", color="C1", label="best so far")
         if baseline:
             hist.axhline(100 * baseline[field], color="grey", linestyle="--", label="baseline (λ = 0)")
+        hist.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
         hist.set_xlabel("trial number")
         hist.set_ylabel(f"{field} (%)")
         hist.set_title("history", fontsize=10)
