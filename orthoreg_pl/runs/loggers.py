@@ -50,10 +50,8 @@ def wandb_logger(offline: bool | None = None, **kwargs) -> WandbLogger:
     ``WANDB_MODE=disabled``, W&B's own switch, turns it off (Lightning's ``offline`` would overwrite it)."""
     mode = wandb_mode(offline)
     kwargs.setdefault("settings", quiet_settings(mode))
-    if (
-        mode == "disabled"
-    ):  # given to wandb.init: Lightning's offline=True would set WANDB_MODE=dryrun over it
-        kwargs["mode"] = "disabled"
+    if mode == "disabled":
+        kwargs["mode"] = "disabled"  # to wandb.init: Lightning's offline=True would set WANDB_MODE=dryrun
     logger = WandbLogger(offline=mode == "offline", **kwargs)
     # Lightning always hands wandb.init ``anonymous`` (None unless asked), which wandb warns has no
     # effect; we never ask for it, so it is not passed at all
