@@ -3,7 +3,7 @@
 
 The baseline, measured in the same run, is the quickstart with W&B disabled (``WANDB_MODE=disabled``):
 the ratio is what the offline W&B runs of its 13 jobs cost. Counts the warning lines of each log.
-Run it on a quiet machine (it takes about 20 minutes on 2 cores):
+Run it on a quiet machine (it took 17 minutes on 2 cores, 2026-12-06):
 
     .venv/bin/python benchmarks/journey.py [--skip-campaign] [--sizes full,small]
     .venv/bin/python benchmarks/journey.py --count LOG [LOG ...]   # only the warning lines of saved logs
